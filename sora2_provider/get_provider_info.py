@@ -1,0 +1,76 @@
+"""Provider metadata read by Airflow's providers manager (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+
+def get_provider_info() -> dict:
+    return {
+        "package-name": "airflow-provider-sora2",
+        "name": "Segmind Sora 2",
+        "description": "Generate videos with Segmind's Sora 2 text-to-video API from Airflow DAGs: "
+        "one paid job per task however often it retries, atomic writes to object storage, "
+        "deferrable waiting and a credits sensor.",
+        "versions": ["0.1.0"],
+        "integrations": [
+            {
+                "integration-name": "Segmind Sora 2",
+                "external-doc-url": "https://www.segmind.com/models/sora-2",
+                "tags": ["ai"],
+            }
+        ],
+        "hooks": [
+            {"integration-name": "Segmind Sora 2", "python-modules": ["sora2_provider.hooks.sora2"]}
+        ],
+        "operators": [
+            {"integration-name": "Segmind Sora 2", "python-modules": ["sora2_provider.operators.sora2"]}
+        ],
+        "sensors": [
+            {"integration-name": "Segmind Sora 2", "python-modules": ["sora2_provider.sensors.credits"]}
+        ],
+        "triggers": [
+            {
+                "integration-name": "Segmind Sora 2",
+                "python-modules": ["sora2_provider.triggers.sora2", "sora2_provider.triggers.credits"],
+            }
+        ],
+        "extra-links": ["sora2_provider.links.Sora2VideoLink"],
+        "connection-types": [
+            {
+                "hook-class-name": "sora2_provider.hooks.sora2.Sora2Hook",
+                "hook-name": "Segmind Sora 2",
+                "connection-type": "sora2",
+                "conn-fields": {
+                    "timeout": {
+                        "label": "Read timeout (s)",
+                        "schema": {"type": ["number", "null"], "minimum": 1, "default": 60},
+                        "description": "Seconds to wait for each response (the v1 sync call waits up to 10x this).",
+                    },
+                    "connect_timeout": {
+                        "label": "Connect timeout (s)",
+                        "schema": {"type": ["number", "null"], "minimum": 1, "default": 10},
+                        "description": "Seconds to wait for a TCP connection to Segmind.",
+                    },
+                    "upload_host": {
+                        "label": "Upload host",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Overrides https://workflows-api.segmind.com (image uploads). "
+                        "Defaults to the Base URL when that is set.",
+                    },
+                    "history_host": {
+                        "label": "History host",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Overrides https://api.spotprod.segmind.com (request history). "
+                        "Defaults to the Base URL when that is set.",
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"password": "API key", "host": "Base URL"},
+                    "placeholders": {
+                        "host": "https://api.segmind.com",
+                        "password": "SG_0123456789abcdef",
+                    },
+                },
+            }
+        ],
+    }

@@ -1,0 +1,24 @@
+"""Airflow discovers the provider through its entry point and registers the ``sora2`` connection type."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_airflow_providers_list_shows_the_distribution(airflow_db):
+    airflow = Path(sys.executable).with_name("airflow")
+    out = subprocess.run([str(airflow), "providers", "list", "-o", "json"], check=True, capture_output=True, text=True)
+    assert '"package_name": "airflow-provider-sora2"' in out.stdout
+
+
+def test_sora2_connection_type_is_registered_with_its_form():
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert manager.hooks["sora2"].hook_class_name == "sora2_provider.hooks.sora2.Sora2Hook"
+    behaviour = manager.field_behaviours["sora2"]
+    assert set(behaviour["hidden_fields"]) == {"login", "schema", "port"}
+    assert behaviour["relabeling"] == {"password": "API key", "host": "Base URL"}
+    assert behaviour["placeholders"]["host"] == "https://api.segmind.com"
