@@ -6,6 +6,8 @@ never the API key. ``retryable`` tells the operator whether an Airflow retry can
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class Sora2Error(Exception):
     """Base of every error of this provider."""
@@ -83,9 +85,18 @@ class Sora2JobFailedError(Sora2Error):
 
 
 class Sora2SubmitUncertainError(Sora2Error):
-    """A submit was sent but its answer was lost: a job (and a charge) may exist."""
+    """A submit was sent but its answer was lost: a job (and a charge) may exist.
+
+    ``model`` and ``sent_at`` (aware UTC datetime of the first send) are what a caller needs to look the
+    job up with ``Sora2Hook.find_requests(model, since=sent_at)`` before deciding to submit again.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, model: str | None = None, sent_at: datetime | None = None, **kw) -> None:
+        self.model = model
+        self.sent_at = sent_at
+        super().__init__(message, **kw)
 
 
 class Sora2DownloadError(Sora2TransientError):

@@ -33,7 +33,7 @@ def get_provider_info() -> dict:
                 "python-modules": ["sora2_provider.triggers.sora2", "sora2_provider.triggers.credits"],
             }
         ],
-        "extra-links": ["sora2_provider.links.Sora2VideoLink"],
+        "extra-links": ["sora2_provider.links.Sora2VideoLink", "sora2_provider.links.Sora2OutputLink"],
         "connection-types": [
             {
                 "hook-class-name": "sora2_provider.hooks.sora2.Sora2Hook",

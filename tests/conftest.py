@@ -47,15 +47,34 @@ def _file_contains(path: Path, needle: str) -> bool:
         return False
 
 
+class Console:
+    """Everything the test process printed (task logs of ``dag.test()`` included), read as the test goes."""
+
+    def __init__(self, capfd: pytest.CaptureFixture[str]) -> None:
+        self._capfd = capfd
+        self.history = ""
+
+    def read(self) -> str:
+        """What was printed since the last read; it is echoed back so pytest still shows it on failure."""
+        out, err = self._capfd.readouterr()
+        sys.stdout.write(out)
+        sys.stderr.write(err)
+        self.history += out + err
+        return out + err
+
+
+@pytest.fixture
+def console(capfd: pytest.CaptureFixture[str]) -> Console:
+    return Console(capfd)
+
+
 @pytest.fixture(autouse=True)
-def no_api_key_leak(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
-    """Fail any test whose logs or console output contain the API key."""
+def no_api_key_leak(caplog: pytest.LogCaptureFixture, console: Console) -> Iterator[None]:
+    """Fail any test whose log records or console output contain the API key."""
     caplog.set_level("DEBUG")
     yield
-    out, err = capfd.readouterr()
-    sys.stdout.write(out)
-    sys.stderr.write(err)
-    for where, text in (("log records", caplog.text), ("stdout", out), ("stderr", err)):
+    console.read()
+    for where, text in (("log records", caplog.text), ("console output", console.history)):
         assert TEST_API_KEY not in text, f"the API key leaked into {where}"
 
 
@@ -127,14 +146,20 @@ class DagRunner:
         path.write_text(textwrap.dedent(source))
         return path
 
-    def run(self, dag_id: str, source: str | None = None, **test_kwargs: Any) -> Any:
-        """Run the DAG ``dag_id`` (written from ``source`` when given) and return its DagRun."""
+    def run(self, dag_id: str, source: str, **test_kwargs: Any) -> Any:
+        """Write the DAG file, run it with ``dag.test()`` and return its DagRun.
+
+        The file is removed afterwards: ``dag.test()`` re-parses the whole DAGs folder on every call.
+        Pass the same ``logical_date`` twice to clear and rerun the same run."""
         from airflow.dag_processing.dagbag import DagBag
 
-        path = self.write(dag_id, source) if source is not None else self.dags_folder / f"{dag_id}.py"
-        bag = DagBag(dag_folder=str(path))
-        assert not bag.import_errors, bag.import_errors
-        return bag.get_dag(dag_id).test(**test_kwargs)
+        path = self.write(dag_id, source)
+        try:
+            bag = DagBag(dag_folder=str(path))
+            assert not bag.import_errors, bag.import_errors
+            return bag.get_dag(dag_id).test(**test_kwargs)
+        finally:
+            path.unlink()
 
 
 @pytest.fixture
@@ -156,3 +181,32 @@ def task_instances(dag_run: Any) -> dict[str, Any]:
         for ti in rows:
             session.expunge(ti)
     return {ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": ti for ti in rows}
+
+
+def xcom_value(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    """An XCom value the run stored, read back from the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key=key, map_index=map_index)
+            .one_or_none()
+        )
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def probe_mp4(data: bytes) -> tuple[int, int, float]:
+    """Decode an MP4 with PyAV: (width, height, duration in seconds). Fails unless ``ftyp`` comes first."""
+    import io
+
+    import av
+
+    assert data[4:8] == b"ftyp", "not an MP4: the ftyp box is not first"
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        assert frames > 0, "the MP4 holds no decodable frame"
+        duration = float(container.duration / 1_000_000) if container.duration else float(stream.duration * stream.time_base)
+        return stream.codec_context.width, stream.codec_context.height, duration

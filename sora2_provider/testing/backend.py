@@ -1,0 +1,515 @@
+"""The emulated Segmind account service: keys, balances, jobs, faults, history. No HTTP here.
+
+Everything is computed from the clock when asked (no background threads): a job is QUEUED for the
+first 5% of its scaled generation time, then PROCESSING, then COMPLETED (charged exactly once, the
+first time any request or control read looks after its completion time) or FAILED (never charged).
+A refusal is raised as :class:`Refusal`, which the HTTP layer turns into the contract's answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from sora2_provider.models import MODELS, VideoRequest
+
+ENDPOINTS = (
+    "submit_v2", "submit_v1", "status", "result", "download", "credits", "upload", "asset", "history", "history_item",
+)
+FAULT_KINDS = ("status", "reset", "slow", "truncate", "fail_job", "submit_502_after_create", "submit_drop_after_create")
+FAULT_ENDPOINTS = {
+    "truncate": ("download", "submit_v1"),
+    "fail_job": ("submit_v2", "submit_v1"),
+    "submit_502_after_create": ("submit_v2",),
+    "submit_drop_after_create": ("submit_v2",),
+}
+QUEUED_FRACTION = 0.05
+RECORD_TTL_SECONDS = 3600.0
+OUTPUT_TTL_SECONDS = 7 * 24 * 3600.0
+DEFAULT_FAIL_MESSAGE = "Video generation failed: the model could not render this prompt"
+HISTORY_STATUSES = ("COMPLETED", "FAILED", "PENDING")
+HISTORY_SORTS = ("model_created", "model_name", "credits_deduction")
+MAX_HISTORY_DAYS = 31
+DEFAULT_HISTORY_DAYS = 7
+
+_ERROR_MESSAGES = {
+    400: "Invalid request parameters",
+    401: "Invalid API key",
+    403: "Model not allowed for this account",
+    404: "Not found",
+    406: "Insufficient credits",
+    410: "Model retired",
+    422: "Validation error",
+    429: "Rate limit exceeded",
+    500: "Internal server error",
+    503: "Service temporarily unavailable",
+}
+_GATEWAY_PAGES = {405: "405 Not Allowed", 502: "502 Bad Gateway", 504: "504 Gateway Time-out"}
+FAULT_STATUSES = tuple(sorted({*_ERROR_MESSAGES, *_GATEWAY_PAGES}))
+
+
+class Refusal(Exception):
+    """An error answer: HTTP ``status`` with a JSON ``{"error": ...}`` body, or an HTML page for 405/502/504."""
+
+    def __init__(self, status: int, message: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message or _ERROR_MESSAGES.get(status) or _GATEWAY_PAGES.get(status, f"HTTP {status}"))
+        self.status = status
+        self.message = str(self)
+        self.headers = headers or {}
+        self.html = message is None and status in _GATEWAY_PAGES
+
+    @property
+    def body(self) -> str | dict[str, str]:
+        """The JSON body, or the nginx-like HTML page a gateway answers with."""
+        if not self.html:
+            return {"error": self.message}
+        return f"<html><head><title>{self.message}</title></head><body><center><h1>{self.message}</h1></center>" \
+               "<hr><center>nginx</center></body></html>"
+
+
+def iso(epoch: float) -> str:
+    """``2025-01-31T12:00:00.000Z`` for an epoch time."""
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Account:
+    """A key's balance; ``credits`` None means the key works but has no balance record (credits call: 404)."""
+
+    credits: float | None
+    free_credits: float = 0.0
+
+    @property
+    def available(self) -> float:
+        return (self.credits or 0.0) + self.free_credits
+
+    def debit(self, amount: float) -> None:
+        """Take ``amount`` from the free credits first, the rest from the credits."""
+        from_free = min(self.free_credits, amount)
+        self.free_credits = round(self.free_credits - from_free, 6)
+        self.credits = round((self.credits or 0.0) - (amount - from_free), 6)
+
+
+@dataclass
+class Job:
+    """One accepted generation (v1 or v2); its status is derived from the clock."""
+
+    request_id: str
+    api_key: str
+    api: str
+    request: VideoRequest
+    body: dict[str, Any]
+    cost: float
+    created_at: float
+    started_at: float
+    finished_at: float
+    expires_at: float
+    output_expires_at: float
+    fail_message: str | None = None
+    settled: bool = False
+    charged: float = 0.0
+    remaining_credits: float | None = None
+
+    def status(self, now: float) -> str:
+        if now < self.started_at:
+            return "QUEUED"
+        if now < self.finished_at:
+            return "PROCESSING"
+        return "FAILED" if self.fail_message else "COMPLETED"
+
+    def metrics(self, now: float) -> dict[str, Any]:
+        queue_time = min(now, self.started_at) - self.created_at
+        inference_time = max(0.0, min(now, self.finished_at) - self.started_at)
+        metrics: dict[str, Any] = {
+            "queue_time": round(queue_time, 3),
+            "inference_time": round(inference_time, 3),
+            "total_time": round(queue_time + inference_time, 3),
+        }
+        if self.status(now) == "COMPLETED":
+            metrics.update(cost=self.charged, remaining_credits=self.remaining_credits)
+        return metrics
+
+    def ledger_entry(self, now: float) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "api": self.api,
+            "model": self.request.model,
+            "duration": self.request.duration,
+            "size": self.request.size,
+            "prompt": self.request.prompt,
+            "status": self.status(now),
+            "cost": self.cost,
+            "charged": self.charged,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "error": self.fail_message if self.status(now) == "FAILED" else None,
+            "api_key_suffix": self.api_key[-4:],
+        }
+
+
+@dataclass
+class Fault:
+    """A misbehaviour for calls ``first_call`` .. ``last_call`` (1-based counts) of ``endpoint``."""
+
+    endpoint: str
+    kind: str
+    first_call: int
+    last_call: int
+    status: int | None = None
+    message: str | None = None
+    delay: float | None = None
+    after_bytes: int | None = None
+
+
+@dataclass
+class _Window:
+    started: float
+    calls: int = 0
+
+
+@dataclass
+class EmulatorState:
+    """All mutable state of one emulator, guarded by one lock (the HTTP loop and test threads share it)."""
+
+    time_scale: float = 1.0
+    record_ttl_seconds: float = RECORD_TTL_SECONDS
+    rate_limit_rpm: int | None = None
+    rate_limit_window: float = 60.0
+    accounts: dict[str, Account] = field(default_factory=dict)
+    model_states: dict[str, str] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    request_log: list[dict[str, Any]] = field(default_factory=list)
+    windows: dict[str, _Window] = field(default_factory=dict)
+    assets: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    # -- keys, rate limit, balances -------------------------------------------------------------------
+
+    def authenticate(self, api_key: str | None) -> str:
+        """Return the key when it is known, else refuse with 401 (a bearer header alone is no key)."""
+        with self.lock:
+            if not api_key or api_key not in self.accounts:
+                raise Refusal(401, "Invalid API key")
+            return api_key
+
+    def count_call(self, api_key: str, now: float | None = None) -> None:
+        """Count a keyed call in the key's fixed window; refuse with 429 over ``rate_limit_rpm``."""
+        if self.rate_limit_rpm is None:
+            return
+        now = time.time() if now is None else now
+        with self.lock:
+            window = self.windows.get(api_key)
+            if window is None or now >= window.started + self.rate_limit_window:
+                window = self.windows[api_key] = _Window(started=now)
+            window.calls += 1
+            if window.calls > self.rate_limit_rpm:
+                reset_at = iso(window.started + self.rate_limit_window)
+                raise Refusal(429, "Rate limit exceeded", {"x-rate-limit-reset-at-utc": reset_at})
+
+    def rate_limit_refusal(self) -> Refusal:
+        """The 429 a fault answers with: the reset header one window from now."""
+        return Refusal(429, None, {"x-rate-limit-reset-at-utc": iso(time.time() + self.rate_limit_window)})
+
+    def set_balance(self, api_key: str, credits: float | None, free_credits: float | None = None) -> None:
+        with self.lock:
+            previous = self.accounts.get(api_key)
+            keep_free = previous.free_credits if previous else 0.0
+            self.accounts[api_key] = Account(credits, keep_free if free_credits is None else free_credits)
+
+    def balance(self, api_key: str) -> Account:
+        """A copy of the key's account after charging every job completed by now; KeyError for an unknown key."""
+        with self.lock:
+            self.settle()
+            account = self.accounts[api_key]
+            return Account(account.credits, account.free_credits)
+
+    def set_model_state(self, model: str, state: str) -> None:
+        """Mark a model ``available``, ``retired`` (410) or ``forbidden`` (403)."""
+        if state not in ("available", "retired", "forbidden"):
+            raise ValueError(f"state: {state!r} is not one of 'available', 'retired', 'forbidden'")
+        with self.lock:
+            self.model_states[model] = state
+
+    # -- faults ---------------------------------------------------------------------------------------
+
+    def add_fault(self, endpoint: str, kind: str, *, on_call: int = 1, times: int = 1, status: int | None = None,
+                  message: str | None = None, delay: float | None = None, after_bytes: int | None = None) -> None:
+        """Make calls ``on_call`` .. ``on_call + times - 1`` of ``endpoint`` (counted from now) misbehave."""
+        _check_fault(endpoint, kind, on_call, times, status, delay, after_bytes)
+        with self.lock:
+            done = self.calls.get(endpoint, 0)
+            first = done + on_call
+            self.faults.append(Fault(endpoint, kind, first, first + times - 1, status, message, delay, after_bytes))
+
+    def take_faults(self, endpoint: str) -> list[Fault]:
+        """Count one call of ``endpoint`` and return the faults that apply to it."""
+        with self.lock:
+            number = self.calls[endpoint] = self.calls.get(endpoint, 0) + 1
+            return [f for f in self.faults if f.endpoint == endpoint and f.first_call <= number <= f.last_call]
+
+    # -- jobs -----------------------------------------------------------------------------------------
+
+    def submit(self, api_key: str, api: str, model: str, body: dict[str, Any], fail_message: str | None = None) -> Job:
+        """Validate and accept a job, or refuse (403/404/410, 400 (v2) or 422 (v1), 406)."""
+        self.check_model(model)
+        try:
+            request = VideoRequest.create(
+                body.get("prompt"), model, body.get("duration", 8), body.get("size"), body.get("input_reference")
+            )
+        except ValueError as err:
+            raise Refusal(422 if api == "v1" else 400, str(err)) from None
+        with self.lock:
+            self.settle()
+            account = self.accounts[api_key]
+            if account.available < request.estimated_cost:
+                raise Refusal(
+                    406, f"Insufficient credits: balance {account.available:.2f}, required {request.estimated_cost:.2f}"
+                )
+            job = self._new_job(api_key, api, request, body, fail_message)
+            self.jobs[job.request_id] = job
+            return job
+
+    def check_model(self, model: str) -> None:
+        state = self.model_states.get(model, "available")
+        if state == "retired":
+            raise Refusal(410, f"Model {model} has been retired")
+        if state == "forbidden":
+            raise Refusal(403, f"Model {model} is not allowed for this account")
+        if model not in MODELS:
+            raise Refusal(404, f"Model {model} not found")
+
+    def _new_job(self, api_key: str, api: str, request: VideoRequest, body: dict[str, Any], fail: str | None) -> Job:
+        now = time.time()
+        generation = MODELS[request.model].typical_generation_seconds * self.time_scale
+        return Job(
+            request_id=str(uuid.uuid4()),
+            api_key=api_key,
+            api=api,
+            request=request,
+            body=dict(body),
+            cost=request.estimated_cost,
+            created_at=now,
+            started_at=now + generation * QUEUED_FRACTION,
+            finished_at=now + generation,
+            expires_at=now + self.record_ttl_seconds * self.time_scale,
+            output_expires_at=now + OUTPUT_TTL_SECONDS * self.time_scale,
+            fail_message=fail,
+        )
+
+    def settle(self, now: float | None = None) -> None:
+        """Charge, in completion order, every job whose completion time has passed and is not charged yet."""
+        now = time.time() if now is None else now
+        with self.lock:
+            due = sorted((j for j in self.jobs.values() if not j.settled and j.finished_at <= now),
+                         key=lambda j: j.finished_at)
+            for job in due:
+                job.settled = True
+                if not job.fail_message:
+                    account = self.accounts[job.api_key]
+                    account.debit(job.cost)
+                    job.charged = job.cost
+                    job.remaining_credits = account.credits
+
+    def v2_job(self, api_key: str, request_id: str) -> Job:
+        """The key's v2 job whose record has not expired, else 404 ``Request <id> not found``."""
+        with self.lock:
+            self.settle()
+            job = self.jobs.get(request_id)
+            if job is None or job.api != "v2" or job.api_key != api_key or time.time() >= job.expires_at:
+                raise Refusal(404, f"Request {request_id} not found")
+            return job
+
+    def output_job(self, request_id: str) -> Job:
+        """A COMPLETED job whose output has not expired (no key needed), else 404."""
+        with self.lock:
+            self.settle()
+            job = self.jobs.get(request_id)
+            now = time.time()
+            if job is None or job.status(now) != "COMPLETED" or now >= job.output_expires_at:
+                raise Refusal(404, f"Output {request_id} not found")
+            return job
+
+    def expire(self, request_id: str) -> None:
+        """Expire the v2 record now (status and result answer 404; history and output still work)."""
+        with self.lock:
+            if request_id not in self.jobs:
+                raise KeyError(request_id)
+            self.jobs[request_id].expires_at = time.time()
+
+    def ledger(self) -> list[dict[str, Any]]:
+        with self.lock:
+            now = time.time()
+            self.settle(now)
+            return [job.ledger_entry(now) for job in self.jobs.values()]
+
+    def running_jobs_peak(self) -> int:
+        """Most jobs QUEUED or PROCESSING at one moment so far (an exact sweep over the jobs' intervals)."""
+        now = time.time()
+        with self.lock:
+            events = [(job.created_at, 1) for job in self.jobs.values()]
+            events += [(min(job.finished_at, now), -1) for job in self.jobs.values()]
+        peak = running = 0
+        for _, change in sorted(events):  # at equal times an end (-1) sorts before a start (+1)
+            running += change
+            peak = max(peak, running)
+        return peak
+
+    def log_request(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.request_log.append(entry)
+
+    def reset(self) -> None:
+        """Forget faults, jobs (ledger and history), uploads, call counts, rate windows and the request log."""
+        with self.lock:
+            for collection in (self.faults, self.request_log):
+                collection.clear()
+            for mapping in (self.jobs, self.calls, self.windows, self.assets):
+                mapping.clear()
+
+    # -- uploads --------------------------------------------------------------------------------------
+
+    def store_asset(self, mime: str, content: bytes) -> str:
+        """Keep an uploaded file; return its name (served at ``/assets/<name>``)."""
+        name = f"{uuid.uuid4().hex}.{mime.rsplit('/', 1)[-1].split('+')[0]}"
+        with self.lock:
+            self.assets[name] = (mime, content)
+        return name
+
+    def asset(self, name: str) -> tuple[str, bytes]:
+        with self.lock:
+            if name not in self.assets:
+                raise Refusal(404, f"Asset {name} not found")
+            return self.assets[name]
+
+    # -- history --------------------------------------------------------------------------------------
+
+    def history_row(self, job: Job, output_url: str | None) -> dict[str, Any]:
+        """A request-history row; never expires."""
+        now = time.time()
+        status = job.status(now)
+        terminal = status in ("COMPLETED", "FAILED")
+        return {
+            "request_id": job.request_id,
+            "model_name": job.request.model,
+            "model_status": status if terminal else "PENDING",
+            "credits_deduction": job.charged,
+            "request_body": job.body,
+            "generation_url": output_url if status == "COMPLETED" else None,
+            "latency_ms": round((job.finished_at - job.created_at) * 1000) if terminal else None,
+            "created_at": iso(job.created_at),
+            "updated_at": iso(min(now, job.finished_at)),
+            "error": job.fail_message if status == "FAILED" else None,
+        }
+
+    def history_job(self, api_key: str, request_id: str) -> Job:
+        with self.lock:
+            self.settle()
+            job = self.jobs.get(request_id)
+            if job is None or job.api_key != api_key:
+                raise Refusal(404, f"Request {request_id} not found")
+            return job
+
+    def history_jobs(self, api_key: str, query: HistoryQuery) -> tuple[list[Job], int]:
+        """One page of the key's jobs matching ``query``, and the total number that match."""
+        with self.lock:
+            self.settle()
+            now = time.time()
+            matching = [job for job in self.jobs.values() if job.api_key == api_key and query.matches(job, now)]
+        matching.sort(key=query.sort_key, reverse=query.descending)
+        first = (query.page - 1) * query.per_page
+        return matching[first : first + query.per_page], len(matching)
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """Validated filters of ``GET /inference-request/request-history``."""
+
+    page: int
+    per_page: int
+    from_date: date
+    to_date: date
+    model_name: str | None
+    status: str | None
+    sort_by: str
+    descending: bool
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> HistoryQuery:
+        """Parse query parameters; refuse with 400 naming the bad one."""
+        page, per_page = _int_param(params, "page", 1, 1), _int_param(params, "per_page", 20, 1, 100)
+        to_date = _date_param(params, "to_date") or datetime.now(timezone.utc).date()
+        from_date = _date_param(params, "from_date") or to_date - timedelta(days=DEFAULT_HISTORY_DAYS)
+        if from_date > to_date or (to_date - from_date).days > MAX_HISTORY_DAYS:
+            raise Refusal(400, f"from_date..to_date must be in order and span at most {MAX_HISTORY_DAYS} days")
+        status = _choice_param(params, "status", None, HISTORY_STATUSES)
+        sort_by = _choice_param(params, "sort_by", "model_created", HISTORY_SORTS)
+        order = _choice_param(params, "sort_order", "desc", ("desc", "asc"))
+        model = params.get("model_name") or None
+        return cls(page, per_page, from_date, to_date, model, status, sort_by or "model_created", order == "desc")
+
+    def matches(self, job: Job, now: float) -> bool:
+        created = datetime.fromtimestamp(job.created_at, tz=timezone.utc).date()
+        status = job.status(now)
+        status = status if status in ("COMPLETED", "FAILED") else "PENDING"
+        return (
+            self.from_date <= created <= self.to_date
+            and (self.model_name is None or self.model_name in job.request.model)
+            and (self.status is None or self.status == status)
+        )
+
+    def sort_key(self, job: Job) -> tuple[Any, float]:
+        primary = {"model_name": job.request.model, "credits_deduction": job.charged}.get(self.sort_by, job.created_at)
+        return primary, job.created_at
+
+
+def _int_param(params: dict[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = params.get(name)
+    try:
+        value = default if raw is None else int(raw)
+    except ValueError:
+        raise Refusal(400, f"{name}: {raw!r} is not an integer") from None
+    if value < low or (high is not None and value > high):
+        raise Refusal(400, f"{name}: {value} is out of range {low}..{high or 'any'}")
+    return value
+
+
+def _date_param(params: dict[str, str], name: str) -> date | None:
+    raw = params.get(name)
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise Refusal(400, f"{name}: {raw!r} is not a YYYY-MM-DD date") from None
+
+
+def _choice_param(params: dict[str, str], name: str, default: str | None, allowed: Iterable[str]) -> str | None:
+    raw = params.get(name) or default
+    if raw is not None and raw not in allowed:
+        raise Refusal(400, f"{name}: {raw!r} is not one of {', '.join(allowed)}")
+    return raw
+
+
+def _check_fault(endpoint: str, kind: str, on_call: int, times: int, status: int | None, delay: float | None,
+                 after_bytes: int | None) -> None:
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"endpoint: {endpoint!r} is not one of {', '.join(ENDPOINTS)}")
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {', '.join(FAULT_KINDS)}")
+    if endpoint not in FAULT_ENDPOINTS.get(kind, ENDPOINTS):
+        raise ValueError(f"kind {kind!r} applies only to {', '.join(FAULT_ENDPOINTS[kind])}")
+    if on_call < 1 or times < 1:
+        raise ValueError("on_call and times must be at least 1")
+    if kind == "status" and status not in FAULT_STATUSES:
+        raise ValueError(f"status: {status!r} is not one of {', '.join(map(str, FAULT_STATUSES))}")
+    if kind == "slow" and (delay is None or delay < 0):
+        raise ValueError("a 'slow' fault needs delay >= 0 (seconds)")
+    if kind == "truncate" and (after_bytes is None or after_bytes < 0):
+        raise ValueError("a 'truncate' fault needs after_bytes >= 0")

@@ -1,0 +1,170 @@
+"""Real, small MP4 files for the emulator, and padding them to any size without holding them in memory.
+
+The videos are H.264 (libx264, or MPEG-4 part 2 where the PyAV build lacks it) of the exact requested
+size and duration, made of solid colour frames at a low frame rate so they are tiny and quick to encode.
+They are cached on disk (``$SORA2_EMULATOR_CACHE`` or ``~/.cache/sora2-emulator``), one file per
+size, duration and frame rate. PyAV is imported lazily: install the ``emulator`` extra to use this.
+
+A padded file is the real MP4 followed by one top-level ``free`` box whose payload is zeros, which any
+MP4 reader skips; :func:`pad_mp4` yields it chunk by chunk, so a 1 GiB (or 5 GiB) answer never sits in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import av
+
+DEFAULT_FPS = 4
+CHUNK_SIZE = 1 << 20
+_FORMAT_VERSION = 1  # bump when the encoding changes, so stale cache files are not served
+_MAX_32BIT_BOX = 0xFFFFFFFF
+_generate_lock = threading.Lock()
+_ZEROS = bytes(CHUNK_SIZE)
+
+
+def cache_dir() -> Path:
+    """Directory of the cached MP4s: ``$SORA2_EMULATOR_CACHE`` or ``~/.cache/sora2-emulator``."""
+    configured = os.environ.get("SORA2_EMULATOR_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "sora2-emulator"
+
+
+def mp4_file(width: int, height: int, seconds: int, fps: int = DEFAULT_FPS) -> Path:
+    """Path of a cached MP4 of this size and duration, encoding it first when it is not cached yet."""
+    path = cache_dir() / f"v{_FORMAT_VERSION}-{width}x{height}-{seconds}s-{fps}fps.mp4"
+    if path.is_file():
+        return path
+    with _generate_lock:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomically(path, lambda target: _encode(target, width, height, seconds, fps))
+    return path
+
+
+def make_mp4(width: int, height: int, seconds: int, fps: int = DEFAULT_FPS) -> bytes:
+    """The bytes of a valid MP4 of ``width`` x ``height`` lasting ``seconds`` (cached on disk)."""
+    return mp4_file(width, height, seconds, fps).read_bytes()
+
+
+def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def _pick_codec() -> str:
+    import av
+
+    try:
+        av.codec.Codec("libx264", "w")
+        return "libx264"
+    except Exception:  # any lookup failure means this build lacks it
+        return "mpeg4"
+
+
+def _encode(target: str, width: int, height: int, seconds: int, fps: int) -> None:
+    """Encode ``seconds * fps`` solid frames whose colour drifts, so the video is not one still image."""
+    import av
+
+    codec = _pick_codec()
+    with av.open(target, mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = 50_000
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast", "tune": "stillimage", "crf": "40"}
+        for index in range(seconds * fps):
+            frame = _solid_frame(width, height, luma=40 + (index * 7) % 180)
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _solid_frame(width: int, height: int, luma: int) -> av.VideoFrame:
+    import av
+
+    frame = av.VideoFrame(width, height, "yuv420p")
+    for plane, value in zip(frame.planes, (luma, 96, 160), strict=True):
+        plane.update(bytes([value]) * plane.buffer_size)
+    return frame
+
+
+def is_valid_mp4_prefix(data: bytes) -> bool:
+    """True when ``data`` starts with an ``ftyp`` box, as every MP4 must."""
+    return len(data) >= 8 and data[4:8] == b"ftyp" and struct.unpack(">I", data[:4])[0] >= 8
+
+
+def free_box_header(box_size: int) -> bytes:
+    """Header of a ``free`` box of ``box_size`` bytes in all; 64-bit (``size=1`` + largesize) above 4 GiB-1."""
+    if box_size < 8:
+        raise ValueError(f"a free box needs at least 8 bytes, not {box_size}")
+    if box_size <= _MAX_32BIT_BOX:
+        return struct.pack(">I4s", box_size, b"free")
+    return struct.pack(">I4sQ", 1, b"free", box_size)
+
+
+def padded_size(real_size: int, total_size: int | None) -> int:
+    """The size actually served: ``total_size`` when a free box fits (8+ bytes over the real file), else real."""
+    if total_size is None or total_size < real_size + 8:
+        return real_size
+    return total_size
+
+
+def pad_mp4(
+    data_or_path: bytes | str | os.PathLike[str],
+    total_size: int,
+    start: int = 0,
+    stop: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> Iterator[bytes]:
+    """Yield bytes ``[start, stop)`` of the MP4 padded to exactly ``total_size`` bytes with a ``free`` box.
+
+    ``total_size`` equal to the real size yields the file unchanged; otherwise it must exceed it by at
+    least 8 bytes. Only one chunk is in memory at a time, whatever ``total_size`` is.
+    """
+    real_size = len(data_or_path) if isinstance(data_or_path, bytes) else os.path.getsize(data_or_path)
+    if total_size < real_size:
+        raise ValueError(f"cannot pad a {real_size}-byte MP4 down to {total_size} bytes")
+    header = free_box_header(total_size - real_size) if total_size > real_size else b""
+    stop = total_size if stop is None else min(stop, total_size)
+    segments = (
+        (0, real_size, _reader(data_or_path)),
+        (real_size, len(header), lambda offset, size: header[offset : offset + size]),
+        (real_size + len(header), total_size - real_size - len(header), _zeros),
+    )
+    for begin, length, read in segments:
+        offset, end = max(start, begin), min(stop, begin + length)
+        while offset < end:
+            chunk = read(offset - begin, min(chunk_size, end - offset))
+            yield chunk
+            offset += len(chunk)
+
+
+def _zeros(_offset: int, size: int) -> bytes:
+    return _ZEROS[:size] if size <= len(_ZEROS) else bytes(size)
+
+
+def _reader(data_or_path: bytes | str | os.PathLike[str]) -> Callable[[int, int], bytes]:
+    if isinstance(data_or_path, bytes):
+        data = data_or_path
+        return lambda offset, size: data[offset : offset + size]
+
+    def read(offset: int, size: int) -> bytes:
+        with open(data_or_path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
+
+    return read

@@ -1,0 +1,165 @@
+"""Trigger that waits, without blocking the triggerer's event loop, until the Segmind balance is enough.
+
+Also home of :class:`CreditCheck`, the one place that turns a balance and a requirement into
+``available``, ``required`` and ``shortfall`` (used by both the sensor and the trigger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from sora2_provider.exceptions import Sora2AuthError, Sora2NotFoundError, Sora2TransientError
+
+#: Errors that waiting cannot fix: a bad key (401/403) or an account with no credit record (404).
+FATAL_CREDIT_ERRORS: tuple[type[Exception], ...] = (Sora2AuthError, Sora2NotFoundError)
+
+
+@dataclass(frozen=True)
+class CreditCheck:
+    """A balance compared with a requirement.
+
+    ``available`` is ``credits + free_credits`` when free credits count, else ``credits``.
+    """
+
+    credits: float
+    free_credits: float
+    available: float
+    required: float
+
+    @classmethod
+    def from_balance(cls, balance: Mapping[str, Any], required: float, include_free_credits: bool) -> CreditCheck:
+        """Build a check from the hook's ``{"credits": ..., "free_credits": ...}``."""
+        credits = float(balance.get("credits") or 0.0)
+        free_credits = float(balance.get("free_credits") or 0.0)
+        available = credits + free_credits if include_free_credits else credits
+        return cls(credits, free_credits, round(available, 4), float(required))
+
+    @property
+    def satisfied(self) -> bool:
+        return self.available >= self.required
+
+    @property
+    def shortfall(self) -> float:
+        """Credits still missing (0.0 when the balance is enough)."""
+        return round(max(0.0, self.required - self.available), 4)
+
+    def as_xcom(self) -> dict[str, float]:
+        """The sensor's XCom value: plain JSON."""
+        return {
+            "credits": self.credits,
+            "free_credits": self.free_credits,
+            "available": self.available,
+            "required": self.required,
+        }
+
+    def describe(self) -> str:
+        """One log line: balance, requirement and shortfall."""
+        return (
+            f"Segmind balance: credits={self.credits:.4f}, free_credits={self.free_credits:.4f}, "
+            f"available={self.available:.4f}; required={self.required:.4f}; shortfall={self.shortfall:.4f}"
+        )
+
+
+class CreditsTrigger(BaseTrigger):
+    """Poll Segmind's free credits call every ``poke_interval`` seconds until the balance covers ``required``.
+
+    Fires exactly one event:
+
+    * ``{"status": "success", "credits", "free_credits", "available", "required"}`` once the balance is enough;
+    * ``{"status": "error", "message"}`` for a bad key or a missing credit record (waiting cannot help);
+    * ``{"status": "timeout", "message", ...}`` when ``timeout_at`` (epoch seconds) passes first. The
+      scheduler enforces the deferral timeout too; this one also holds where no scheduler runs
+      (``dag.test()``).
+
+    Transient errors (429, 5xx, dropped connections) are logged and the trigger keeps polling. Only
+    primitives are serialized; the API key stays in the connection.
+
+    :param required: credits the balance must reach.
+    :param include_free_credits: count the account's free credits towards the balance.
+    :param sora2_conn_id: the ``sora2`` connection to read the key from.
+    :param poke_interval: seconds between two balance checks.
+    :param timeout_at: optional wall-clock deadline (``time.time()`` seconds) after which to give up.
+    """
+
+    def __init__(
+        self,
+        required: float,
+        include_free_credits: bool = True,
+        sora2_conn_id: str = "sora2_default",
+        poke_interval: float = 60.0,
+        timeout_at: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.required = float(required)
+        self.include_free_credits = bool(include_free_credits)
+        self.sora2_conn_id = sora2_conn_id
+        self.poke_interval = float(poke_interval)
+        self.timeout_at = None if timeout_at is None else float(timeout_at)
+        self._last_check: CreditCheck | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "required": self.required,
+                "include_free_credits": self.include_free_credits,
+                "sora2_conn_id": self.sora2_conn_id,
+                "poke_interval": self.poke_interval,
+                "timeout_at": self.timeout_at,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from sora2_provider.hooks.sora2 import Sora2Hook
+
+        hook = Sora2Hook(sora2_conn_id=self.sora2_conn_id)
+        while True:
+            payload = await self._check_once(hook)
+            if payload is None:
+                payload = self._timeout_payload()
+            if payload is not None:
+                yield TriggerEvent(payload)
+                return
+            await asyncio.sleep(self._next_sleep())
+
+    async def _check_once(self, hook: Any) -> dict[str, Any] | None:
+        """One balance check: the event payload when done, ``None`` to keep waiting."""
+        try:
+            balance = await hook.aget_credits()
+        except FATAL_CREDIT_ERRORS as err:
+            return {"status": "error", "message": credit_error_message(err, self.sora2_conn_id)}
+        except Sora2TransientError as err:
+            self.log.warning("Could not read the Segmind balance (will retry): %s", err)
+            return None
+        check = CreditCheck.from_balance(balance, self.required, self.include_free_credits)
+        self.log.info("%s", check.describe())
+        self._last_check = check
+        return {"status": "success", **check.as_xcom()} if check.satisfied else None
+
+    def _timeout_payload(self) -> dict[str, Any] | None:
+        if self.timeout_at is None or time.time() < self.timeout_at:
+            return None
+        last = self._last_check
+        seen = f" Last seen: {last.describe()}." if last is not None else ""
+        message = f"Sensor has timed out waiting for {self.required:.4f} Segmind credits.{seen}"
+        return {"status": "timeout", "message": message}
+
+    def _next_sleep(self) -> float:
+        if self.timeout_at is None:
+            return self.poke_interval
+        return max(0.0, min(self.poke_interval, self.timeout_at - time.time()))
+
+
+def credit_error_message(err: Exception, sora2_conn_id: str) -> str:
+    """A message telling the user what to fix for an error that waiting cannot cure."""
+    if isinstance(err, Sora2AuthError):
+        hint = f"the API key of connection {sora2_conn_id!r} was refused; fix the key"
+    else:
+        hint = f"Segmind has no credit record for the key of connection {sora2_conn_id!r}; check the account"
+    return f"Cannot read the Segmind balance: {hint} ({err})"

@@ -1,0 +1,289 @@
+"""Sora2GenerateVideoOperator in real ``dag.test()`` runs against the emulator over real HTTP."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import TEST_API_KEY, probe_mp4, task_instances, xcom_value
+
+XCOM_FIELDS = {
+    "uri", "request_id", "model", "duration", "size", "prompt", "bytes", "sha256", "content_type", "cost",
+    "remaining_credits", "source_url", "generation_seconds", "decision", "resumed_from",
+}
+
+DAG_SOURCE = '''
+import datetime
+import pendulum
+from airflow.sdk import DAG
+from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
+{preamble}
+with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False) as dag:
+    {operator}(
+        task_id="generate",
+        retries={retries},
+        retry_delay=datetime.timedelta(seconds=0),
+        poll_interval=0.05,
+        **{kwargs!r},
+    )
+'''
+
+#: A subclass that dies once, right after the submit returned (what a killed worker leaves behind).
+DIE_AFTER_SUBMIT = '''
+import requests
+
+class DiesAfterSubmit(Sora2GenerateVideoOperator):
+    expire_before_retry = False
+
+    def _wait_and_store(self, context, hook, job, record, decision, resumed_from):
+        if context["ti"].try_number == 1:
+            if self.expire_before_retry:
+                while hook.get_status(record.request_id).status != "COMPLETED":
+                    self._stop_polling.wait(0.05)
+                requests.post(f"{hook.base_url}/_emulator/expire/{record.request_id}", timeout=5)
+            raise RuntimeError("worker died after the submit returned")
+        return super()._wait_and_store(context, hook, job, record, decision, resumed_from)
+
+class DiesAfterSubmitThenExpires(DiesAfterSubmit):
+    expire_before_retry = True
+'''
+
+
+def run_generate(dag_runner, dag_id: str, *, retries: int = 0, operator: str = "Sora2GenerateVideoOperator",
+                 preamble: str = "", **kwargs: Any):
+    source = DAG_SOURCE.format(dag_id=dag_id, operator=operator, retries=retries, kwargs=kwargs, preamble=preamble)
+    return dag_runner.run(dag_id, source, logical_date=kwargs.pop("logical_date", None))
+
+
+def read_output(uri: str) -> bytes:
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(uri).read_bytes()
+
+
+def charged(emulator) -> list[dict]:
+    return [job for job in emulator.ledger if job["charged"] > 0]
+
+
+@pytest.fixture
+def file_output(tmp_path):
+    return f"file://{tmp_path}/videos/out.mp4"
+
+
+@pytest.fixture(params=["file", "s3"])
+def any_output(request, tmp_path):
+    if request.param == "file":
+        return f"file://{tmp_path}/videos/out.mp4"
+    request.getfixturevalue("aws_conn")
+    return f"s3://aws_default@sora2-test/{request.node.name.replace('[', '_').rstrip(']')}/out.mp4"
+
+
+@pytest.mark.parametrize(
+    ("mode", "deferrable"), [("async", True), ("async", False), ("sync", False)], ids=["deferrable", "polling", "sync"]
+)
+def test_each_mode_stores_a_valid_mp4_with_a_complete_xcom(sora2_conn, dag_runner, any_output, mode, deferrable):
+    prompt = "A monk meditating under a waterfall"
+    run = run_generate(dag_runner, f"gen_{mode}_{deferrable}", output_path=any_output, prompt=prompt,
+                       duration=4, size="1280x720", mode=mode, deferrable=deferrable)
+
+    assert run.state == "success"
+    result = xcom_value(run, "generate")
+    assert set(result) == XCOM_FIELDS
+    data = read_output(any_output)
+    assert probe_mp4(data)[:2] == (1280, 720)
+    assert result["uri"] == any_output
+    assert result["bytes"] == len(data)
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (result["model"], result["duration"], result["size"], result["prompt"]) == ("sora-2", 4, "1280x720", prompt)
+    assert result["content_type"] == "video/mp4"
+    assert result["cost"] == pytest.approx(0.4)
+    assert result["remaining_credits"] == pytest.approx(100.0 - 0.4)
+    assert result["decision"] == "new_submit" and result["resumed_from"] is None
+    assert [job["request_id"] for job in charged(sora2_conn)] == [result["request_id"]]
+    if mode == "async":
+        assert result["source_url"].startswith(sora2_conn.url)
+    json.dumps(result)  # plain JSON
+
+
+def test_deferrable_run_passes_through_the_triggerer(sora2_conn, dag_runner, file_output, console):
+    run = run_generate(dag_runner, "gen_deferred", output_path=file_output, prompt="a red fox", duration=4,
+                       deferrable=True)
+    assert run.state == "success"
+    output = console.read()
+    assert "Deferring while job" in output
+    assert "Job" in output and "ended: completed" in output
+
+
+def test_retry_after_the_worker_died_resumes_the_paid_job(sora2_conn, dag_runner, file_output, console):
+    run = run_generate(dag_runner, "gen_dies", retries=2, operator="DiesAfterSubmit", preamble=DIE_AFTER_SUBMIT,
+                       output_path=file_output, prompt="a lighthouse at dusk", duration=4)
+
+    assert run.state == "success"
+    assert task_instances(run)["generate"].try_number == 2
+    result = xcom_value(run, "generate")
+    assert result["decision"] == "resumed" and result["resumed_from"] == result["request_id"]
+    assert len(sora2_conn.ledger) == 1 and len(charged(sora2_conn)) == 1
+    assert f"Resuming job {result['request_id']}" in console.read()
+
+
+def test_submit_answered_502_after_creating_the_job_is_adopted_from_history(sora2_conn, dag_runner, file_output):
+    sora2_conn.add_fault("submit_v2", "submit_502_after_create")
+    run = run_generate(dag_runner, "gen_502", retries=2, output_path=file_output, prompt="a paper boat", duration=4)
+
+    assert run.state == "success"
+    result = xcom_value(run, "generate")
+    assert result["decision"] == "adopted_from_history"
+    assert len(sora2_conn.ledger) == 1 and len(charged(sora2_conn)) == 1
+    assert result["request_id"] == sora2_conn.ledger[0]["request_id"]
+    assert probe_mp4(read_output(file_output))
+
+
+def test_resume_after_the_v2_record_expired_reads_the_output_from_history(sora2_conn, dag_runner, file_output):
+    run = run_generate(dag_runner, "gen_expired", retries=1, operator="DiesAfterSubmitThenExpires",
+                       preamble=DIE_AFTER_SUBMIT, output_path=file_output, prompt="a snowy owl", duration=4,
+                       deferrable=True)
+
+    assert run.state == "success"
+    result = xcom_value(run, "generate")
+    assert result["decision"] == "resumed"
+    assert result["cost"] == pytest.approx(0.4)
+    assert len(sora2_conn.ledger) == 1 and len(charged(sora2_conn)) == 1
+    assert probe_mp4(read_output(file_output))
+
+
+def test_orphaned_intent_with_policy_fail_refuses_to_resubmit(sora2_conn, dag_runner, file_output, console):
+    sora2_conn.add_fault("submit_v2", "status", status=502)  # refused before any job exists
+    run = run_generate(dag_runner, "gen_orphan_fail", retries=2, output_path=file_output, prompt="a kite",
+                       duration=4, on_orphaned_intent="fail")
+
+    assert run.state == "failed"
+    assert task_instances(run)["generate"].try_number == 2
+    assert sora2_conn.ledger == []
+    assert "on_orphaned_intent='fail'" in console.read()
+
+
+def test_changed_prompt_on_clear_and_rerun_submits_a_new_job(sora2_conn, dag_runner, file_output, console):
+    when = datetime.datetime(2025, 3, 1, tzinfo=datetime.timezone.utc)
+    first = run_generate(dag_runner, "gen_edit", operator="DiesAfterSubmit", preamble=DIE_AFTER_SUBMIT,
+                         output_path=file_output, prompt="a cat", duration=4, logical_date=when)
+    assert first.state == "failed" and len(sora2_conn.ledger) == 1
+
+    second = run_generate(dag_runner, "gen_edit", output_path=file_output, prompt="a dog", duration=4,
+                          logical_date=when)
+
+    assert second.run_id == first.run_id and second.state == "success"
+    assert [job["prompt"] for job in sora2_conn.ledger] == ["a cat", "a dog"]
+    assert xcom_value(second, "generate")["decision"] == "new_submit"
+    assert "is abandoned" in console.read()
+
+
+def test_rerun_of_a_succeeded_task_makes_no_api_call(sora2_conn, dag_runner, file_output):
+    first = run_generate(dag_runner, "gen_rerun", output_path=file_output, prompt="a sailboat", duration=4)
+    calls_after_first = len(sora2_conn.request_log)
+
+    second = run_generate(dag_runner, "gen_rerun", output_path=file_output, prompt="a sailboat", duration=4)
+
+    assert second.state == "success"
+    assert len(sora2_conn.request_log) == calls_after_first
+    before, after = xcom_value(first, "generate"), xcom_value(second, "generate")
+    assert after["decision"] == "existing_output"
+    assert {k: v for k, v in after.items() if k != "decision"} == {k: v for k, v in before.items() if k != "decision"}
+
+
+def test_download_cut_mid_stream_leaves_nothing_and_the_retry_completes(sora2_conn, dag_runner, tmp_path):
+    output = f"file://{tmp_path}/cut/out.mp4"
+    sora2_conn.add_fault("download", "truncate", after_bytes=1000, times=50)
+    probe = '''
+import pathlib
+
+class RecordsOutputBeforeRetry(Sora2GenerateVideoOperator):
+    def execute(self, context):
+        if context["ti"].try_number == 2:
+            folder = pathlib.Path({folder!r})
+            pathlib.Path({report!r}).write_text(repr(sorted(p.name for p in folder.iterdir())))
+            {clear_faults}
+        return super().execute(context)
+'''.format(folder=str(tmp_path / "cut"), report=str(tmp_path / "listing.txt"),
+           clear_faults=f"import requests; requests.delete('{sora2_conn.url}/_emulator/faults', timeout=5)")
+    run = run_generate(dag_runner, "gen_cut", retries=1, operator="RecordsOutputBeforeRetry", preamble=probe,
+                       output_path=output, prompt="a waterfall", duration=4)
+
+    assert (tmp_path / "listing.txt").read_text() == "['_sora2_state']"
+    assert run.state == "success"
+    assert probe_mp4(read_output(output))
+    assert len(charged(sora2_conn)) == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("bad_key", "HTTP 401"),
+        ("no_credits", "HTTP 406"),
+        ("retired", "HTTP 410"),
+    ],
+)
+def test_non_retryable_errors_fail_in_one_try(emulator, monkeypatch, dag_runner, file_output, console, setup, expected):
+    from tests.conftest import connection_json
+
+    key = TEST_API_KEY
+    if setup == "bad_key":
+        key = "SG_ffffffffffffffff"
+    elif setup == "no_credits":
+        emulator.set_balance(TEST_API_KEY, 0.1, 0.0)
+    else:
+        emulator.set_model_state("sora-2", "retired")
+    monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(emulator.url, key))
+    run = run_generate(dag_runner, f"gen_fail_{setup}", retries=3, output_path=file_output, prompt="a bird",
+                       duration=4)
+
+    assert run.state == "failed"
+    assert task_instances(run)["generate"].try_number == 1
+    assert expected in console.read()
+    assert not any(job["charged"] for job in emulator.ledger)
+
+
+def test_failed_job_fails_the_task_with_segmind_message_and_is_retryable(sora2_conn, dag_runner, file_output, console):
+    sora2_conn.add_fault("submit_v2", "fail_job", message="prompt rejected by safety system")
+    run = run_generate(dag_runner, "gen_job_failed", retries=1, output_path=file_output, prompt="a storm",
+                       duration=4, deferrable=True)
+
+    assert run.state == "success"  # the retry submitted again: a FAILED job is not billed
+    assert "prompt rejected by safety system" in console.read()
+    assert [job["status"] for job in sora2_conn.ledger] == ["FAILED", "COMPLETED"]
+    assert len(charged(sora2_conn)) == 1
+
+
+def test_max_cost_below_the_estimate_fails_before_submit(sora2_conn, dag_runner, file_output, console):
+    run = run_generate(dag_runner, "gen_budget", retries=2, output_path=file_output, prompt="a city", duration=12,
+                       model="sora-2-pro", size="1792x1024", max_cost=5.0)
+    assert run.state == "failed"
+    assert task_instances(run)["generate"].try_number == 1
+    assert sora2_conn.request_log == []
+    assert "above max_cost=5.00" in console.read()
+
+
+def test_private_image_is_uploaded_and_used_as_input_reference(sora2_conn, dag_runner, tmp_path, file_output):
+    image = tmp_path / "ref.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    run = run_generate(dag_runner, "gen_image", output_path=file_output, prompt="animate this", duration=4,
+                       input_reference=str(image))
+    assert run.state == "success"
+    import requests
+
+    history = requests.get(f"{sora2_conn.url}/inference-request/request-history",
+                           headers={"x-api-key": TEST_API_KEY}, timeout=5).json()
+    (row,) = history["data"]
+    uploaded = row["request_body"]["input_reference"]
+    assert uploaded.startswith(sora2_conn.url)
+    assert requests.get(uploaded, timeout=5).content == image.read_bytes()
+
+
+def test_extra_links_point_at_the_stored_video(sora2_conn, dag_runner, file_output):
+    run = run_generate(dag_runner, "gen_links", output_path=file_output, prompt="a fern", duration=4)
+    result = xcom_value(run, "generate")
+    assert xcom_value(run, "generate", key="_link_Sora2VideoLink") == file_output
+    assert xcom_value(run, "generate", key="_link_Sora2OutputLink") == result["source_url"]
