@@ -67,9 +67,18 @@ class JobRecord:
     mode: str = "async"
     request_id: str | None = None
     submitted_at: str | None = None
+    decision: str = "new_submit"  # how this try came to the job: new_submit, resumed, adopted_from_history
 
     def with_request(self, request_id: str, submitted_at: str | None = None) -> JobRecord:
         return replace(self, request_id=request_id, submitted_at=submitted_at or utcnow().isoformat())
+
+    def with_decision(self, decision: str) -> JobRecord:
+        return replace(self, decision=decision)
+
+    @property
+    def resumed_from(self) -> str | None:
+        """The request id an earlier try paid for, when this try did not submit it itself."""
+        return None if self.decision == "new_submit" else self.request_id
 
     @property
     def started_at(self) -> datetime:

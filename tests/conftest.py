@@ -26,8 +26,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.setdefault("SORA2_EMULATOR_CACHE", str(Path.home() / ".cache" / "sora2-emulator"))
 
-TEST_API_KEY = "SG_c0ffee5ec7e70042"
-TEST_BALANCE = 100.0
+from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -85,13 +84,6 @@ def emulator() -> Iterator[Any]:
 
     with Sora2Emulator(time_scale=0.005, api_keys={TEST_API_KEY: TEST_BALANCE}) as emu:
         yield emu
-
-
-def connection_json(url: str, api_key: str = TEST_API_KEY, **extra: Any) -> str:
-    conn: dict[str, Any] = {"conn_type": "sora2", "host": url, "password": api_key}
-    if extra:
-        conn["extra"] = extra
-    return json.dumps(conn)
 
 
 @pytest.fixture
@@ -165,48 +157,3 @@ class DagRunner:
 @pytest.fixture
 def dag_runner(airflow_db: Path) -> DagRunner:
     return DagRunner(DAGS_FOLDER)
-
-
-def task_instances(dag_run: Any) -> dict[str, Any]:
-    """The run's task instances by task id (mapped ones by ``task_id[map_index]``), read from the metadata DB."""
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = (
-            session.query(TaskInstance)
-            .filter(TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)
-            .all()
-        )
-        for ti in rows:
-            session.expunge(ti)
-    return {ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": ti for ti in rows}
-
-
-def xcom_value(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
-    """An XCom value the run stored, read back from the metadata DB."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = (
-            session.query(XComModel)
-            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key=key, map_index=map_index)
-            .one_or_none()
-        )
-        return None if row is None else XComModel.deserialize_value(row)
-
-
-def probe_mp4(data: bytes) -> tuple[int, int, float]:
-    """Decode an MP4 with PyAV: (width, height, duration in seconds). Fails unless ``ftyp`` comes first."""
-    import io
-
-    import av
-
-    assert data[4:8] == b"ftyp", "not an MP4: the ftyp box is not first"
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        frames = sum(1 for _ in container.decode(stream))
-        assert frames > 0, "the MP4 holds no decodable frame"
-        duration = float(container.duration / 1_000_000) if container.duration else float(stream.duration * stream.time_base)
-        return stream.codec_context.width, stream.codec_context.height, duration

@@ -115,18 +115,12 @@ class Sora2GenerateVideoOperator(BaseOperator):
             self.log.info("A verified video from the same inputs is already at %s; nothing to pay for.", job.uri)
             return self._publish(context, job.existing)
         hook = job.hook()
-        record, decision, resumed_from = self._resolve_job(hook, job)
+        record = self._resolve_job(hook, job)
         if record.request_id is None:
             return self._generate_sync(context, hook, job, record)
-        return self._wait_and_store(context, hook, job, record, decision, resumed_from)
+        return self._wait_and_store(context, hook, job, record)
 
-    def execute_complete(
-        self,
-        context: Context,
-        event: dict[str, Any] | None = None,
-        decision: str = "new_submit",
-        resumed_from: str | None = None,
-    ) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume on the worker after the trigger fired: download and store the finished video."""
         job = self._prepare(context, check_existing=False)
         hook = job.hook()
@@ -140,7 +134,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
             from airflow.sdk.exceptions import AirflowException
 
             raise AirflowException(f"waiting for Sora 2 job {request_id} failed: {event.get('message')}")
-        return self._store(context, hook, job, record, decision, resumed_from)
+        return self._store(context, hook, job, record)
 
     def on_kill(self) -> None:
         """Stop worker-side polling; the job record stays so the next try resumes the paid job."""
@@ -209,8 +203,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     # ------------------------------------------------------------------ never pay twice
 
-    def _resolve_job(self, hook: Sora2Hook, job: _Job) -> tuple[JobRecord, str, str | None]:
-        """Find the job this task instance already paid for, or submit one. Returns (record, decision, resumed_from)."""
+    def _resolve_job(self, hook: Sora2Hook, job: _Job) -> JobRecord:
+        """Find the job this task instance already paid for, or submit one; the record says which."""
         record = job.store.read()
         if record is not None and record.fingerprint != job.fingerprint:
             self.log.warning(
@@ -221,12 +215,14 @@ class Sora2GenerateVideoOperator(BaseOperator):
             record = None
         if record is not None and record.request_id:
             self.log.info("Resuming job %s submitted at %s by an earlier try.", record.request_id, record.submitted_at)
-            return record, "resumed", record.request_id
+            record = record.with_decision("resumed")
+            job.store.write(record)
+            return record
         if record is not None:
             adopted = self._adopt_from_history(hook, job, record)
             if adopted is not None:
-                return adopted, "adopted_from_history", adopted.request_id
-        return self._submit(hook, job), "new_submit", None
+                return adopted
+        return self._submit(hook, job)
 
     def _adopt_from_history(self, hook: Sora2Hook, job: _Job, record: JobRecord) -> JobRecord | None:
         """An intent without a request id: find the job in Segmind's request history, or decide to resubmit."""
@@ -249,7 +245,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
                 row.request_id,
                 row.status,
             )
-            adopted = record.with_request(row.request_id, row.created_at)
+            adopted = record.with_request(row.request_id, row.created_at).with_decision("adopted_from_history")
             job.store.write(adopted)
             return adopted
         if self.on_orphaned_intent == "fail":
@@ -297,9 +293,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait_and_store(
-        self, context: Context, hook: Sora2Hook, job: _Job, record: JobRecord, decision: str, resumed_from: str | None
-    ) -> dict[str, Any]:
+    def _wait_and_store(self, context: Context, hook: Sora2Hook, job: _Job, record: JobRecord) -> dict[str, Any]:
         assert record.request_id is not None
         remaining = self._remaining(record)
         if self.deferrable:
@@ -309,14 +303,13 @@ class Sora2GenerateVideoOperator(BaseOperator):
             self.defer(
                 trigger=Sora2JobTrigger(record.request_id, self.sora2_conn_id, self.poll_interval),
                 method_name="execute_complete",
-                kwargs={"decision": decision, "resumed_from": resumed_from},
                 timeout=remaining,
             )
         event = self._poll(hook, record.request_id, remaining)
         self._raise_if_failed(job, event)
         if event["status"] == "error":
             raise _retryable(f"waiting for Sora 2 job {record.request_id} failed: {event['message']}")
-        return self._store(context, hook, job, record, decision, resumed_from)
+        return self._store(context, hook, job, record)
 
     def _remaining(self, record: JobRecord) -> timedelta:
         from sora2_provider.state import utcnow
@@ -361,9 +354,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     # ------------------------------------------------------------------ storing
 
-    def _store(
-        self, context: Context, hook: Sora2Hook, job: _Job, record: JobRecord, decision: str, resumed_from: str | None
-    ) -> dict[str, Any]:
+    def _store(self, context: Context, hook: Sora2Hook, job: _Job, record: JobRecord) -> dict[str, Any]:
         from sora2_provider.storage import atomic_writer
 
         assert record.request_id is not None
@@ -385,22 +376,24 @@ class Sora2GenerateVideoOperator(BaseOperator):
             "remaining_credits": result.remaining_credits,
             "source_url": result.output_url,
             "generation_seconds": result.generation_seconds,
-            "decision": decision,
-            "resumed_from": resumed_from,
+            "decision": record.decision,
+            "resumed_from": record.resumed_from,
         }
         return self._finish(context, job, xcom)
 
     def _result(self, hook: Sora2Hook, request_id: str) -> JobResult:
         """The finished job from its v2 record, or from the request history once that record expired."""
-        from sora2_provider.exceptions import Sora2JobFailedError, Sora2NotFoundError
+        from sora2_provider.exceptions import Sora2Error, Sora2JobFailedError, Sora2NotFoundError
         from sora2_provider.models import JobResult
 
         try:
-            return _call(hook.get_result, request_id)
+            return hook.get_result(request_id)
         except Sora2JobFailedError as err:
             raise _retryable(f"Sora 2 job {request_id} FAILED (not billed): {err.segmind_message or err}") from None
         except Sora2NotFoundError:
             self.log.info("The v2 record of %s expired; reading its output from the request history.", request_id)
+        except Sora2Error as err:
+            raise _translate(err) from None
         row = _call(hook.get_request_record, request_id)
         if row.status == "FAILED":
             raise _retryable(f"Sora 2 job {request_id} FAILED (not billed): {row.error}")
@@ -596,9 +589,12 @@ def _call(method: Any, *args: Any) -> Any:
     try:
         return method(*args)
     except Sora2Error as err:
-        if err.retryable:
-            raise
-        raise _fail(str(err)) from None
+        raise _translate(err) from None
+
+
+def _translate(err: Exception) -> Exception:
+    """A retry can help a transient error, a FAILED job or an uncertain submit; nothing else."""
+    return err if getattr(err, "retryable", False) else _fail(str(err))
 
 
 def _fail(message: str) -> Exception:

@@ -9,14 +9,27 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_API_KEY, probe_mp4, task_instances, xcom_value
+from tests.support import TEST_API_KEY, probe_mp4, task_instances, xcom_value
 
 XCOM_FIELDS = {
-    "uri", "request_id", "model", "duration", "size", "prompt", "bytes", "sha256", "content_type", "cost",
-    "remaining_credits", "source_url", "generation_seconds", "decision", "resumed_from",
+    "uri",
+    "request_id",
+    "model",
+    "duration",
+    "size",
+    "prompt",
+    "bytes",
+    "sha256",
+    "content_type",
+    "cost",
+    "remaining_credits",
+    "source_url",
+    "generation_seconds",
+    "decision",
+    "resumed_from",
 }
 
-DAG_SOURCE = '''
+DAG_SOURCE = """
 import datetime
 import pendulum
 from airflow.sdk import DAG
@@ -30,33 +43,42 @@ with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2025, 1, 1), ca
         poll_interval=0.05,
         **{kwargs!r},
     )
-'''
+"""
 
 #: A subclass that dies once, right after the submit returned (what a killed worker leaves behind).
-DIE_AFTER_SUBMIT = '''
+DIE_AFTER_SUBMIT = """
 import requests
 
 class DiesAfterSubmit(Sora2GenerateVideoOperator):
     expire_before_retry = False
 
-    def _wait_and_store(self, context, hook, job, record, decision, resumed_from):
+    def _wait_and_store(self, context, hook, job, record):
         if context["ti"].try_number == 1:
             if self.expire_before_retry:
                 while hook.get_status(record.request_id).status != "COMPLETED":
                     self._stop_polling.wait(0.05)
                 requests.post(f"{hook.base_url}/_emulator/expire/{record.request_id}", timeout=5)
             raise RuntimeError("worker died after the submit returned")
-        return super()._wait_and_store(context, hook, job, record, decision, resumed_from)
+        return super()._wait_and_store(context, hook, job, record)
 
 class DiesAfterSubmitThenExpires(DiesAfterSubmit):
     expire_before_retry = True
-'''
+"""
 
 
-def run_generate(dag_runner, dag_id: str, *, retries: int = 0, operator: str = "Sora2GenerateVideoOperator",
-                 preamble: str = "", **kwargs: Any):
+def run_generate(
+    dag_runner,
+    dag_id: str,
+    *,
+    retries: int = 0,
+    operator: str = "Sora2GenerateVideoOperator",
+    preamble: str = "",
+    **kwargs: Any,
+):
+    when = kwargs.pop("logical_date", None)
+    test_kwargs = {"logical_date": when, "run_after": when} if when else {}
     source = DAG_SOURCE.format(dag_id=dag_id, operator=operator, retries=retries, kwargs=kwargs, preamble=preamble)
-    return dag_runner.run(dag_id, source, logical_date=kwargs.pop("logical_date", None))
+    return dag_runner.run(dag_id, source, **test_kwargs)
 
 
 def read_output(uri: str) -> bytes:
@@ -87,8 +109,16 @@ def any_output(request, tmp_path):
 )
 def test_each_mode_stores_a_valid_mp4_with_a_complete_xcom(sora2_conn, dag_runner, any_output, mode, deferrable):
     prompt = "A monk meditating under a waterfall"
-    run = run_generate(dag_runner, f"gen_{mode}_{deferrable}", output_path=any_output, prompt=prompt,
-                       duration=4, size="1280x720", mode=mode, deferrable=deferrable)
+    run = run_generate(
+        dag_runner,
+        f"gen_{mode}_{deferrable}",
+        output_path=any_output,
+        prompt=prompt,
+        duration=4,
+        size="1280x720",
+        mode=mode,
+        deferrable=deferrable,
+    )
 
     assert run.state == "success"
     result = xcom_value(run, "generate")
@@ -110,8 +140,9 @@ def test_each_mode_stores_a_valid_mp4_with_a_complete_xcom(sora2_conn, dag_runne
 
 
 def test_deferrable_run_passes_through_the_triggerer(sora2_conn, dag_runner, file_output, console):
-    run = run_generate(dag_runner, "gen_deferred", output_path=file_output, prompt="a red fox", duration=4,
-                       deferrable=True)
+    run = run_generate(
+        dag_runner, "gen_deferred", output_path=file_output, prompt="a red fox", duration=4, deferrable=True
+    )
     assert run.state == "success"
     output = console.read()
     assert "Deferring while job" in output
@@ -119,8 +150,16 @@ def test_deferrable_run_passes_through_the_triggerer(sora2_conn, dag_runner, fil
 
 
 def test_retry_after_the_worker_died_resumes_the_paid_job(sora2_conn, dag_runner, file_output, console):
-    run = run_generate(dag_runner, "gen_dies", retries=2, operator="DiesAfterSubmit", preamble=DIE_AFTER_SUBMIT,
-                       output_path=file_output, prompt="a lighthouse at dusk", duration=4)
+    run = run_generate(
+        dag_runner,
+        "gen_dies",
+        retries=2,
+        operator="DiesAfterSubmit",
+        preamble=DIE_AFTER_SUBMIT,
+        output_path=file_output,
+        prompt="a lighthouse at dusk",
+        duration=4,
+    )
 
     assert run.state == "success"
     assert task_instances(run)["generate"].try_number == 2
@@ -143,9 +182,17 @@ def test_submit_answered_502_after_creating_the_job_is_adopted_from_history(sora
 
 
 def test_resume_after_the_v2_record_expired_reads_the_output_from_history(sora2_conn, dag_runner, file_output):
-    run = run_generate(dag_runner, "gen_expired", retries=1, operator="DiesAfterSubmitThenExpires",
-                       preamble=DIE_AFTER_SUBMIT, output_path=file_output, prompt="a snowy owl", duration=4,
-                       deferrable=True)
+    run = run_generate(
+        dag_runner,
+        "gen_expired",
+        retries=1,
+        operator="DiesAfterSubmitThenExpires",
+        preamble=DIE_AFTER_SUBMIT,
+        output_path=file_output,
+        prompt="a snowy owl",
+        duration=4,
+        deferrable=True,
+    )
 
     assert run.state == "success"
     result = xcom_value(run, "generate")
@@ -157,8 +204,15 @@ def test_resume_after_the_v2_record_expired_reads_the_output_from_history(sora2_
 
 def test_orphaned_intent_with_policy_fail_refuses_to_resubmit(sora2_conn, dag_runner, file_output, console):
     sora2_conn.add_fault("submit_v2", "status", status=502)  # refused before any job exists
-    run = run_generate(dag_runner, "gen_orphan_fail", retries=2, output_path=file_output, prompt="a kite",
-                       duration=4, on_orphaned_intent="fail")
+    run = run_generate(
+        dag_runner,
+        "gen_orphan_fail",
+        retries=2,
+        output_path=file_output,
+        prompt="a kite",
+        duration=4,
+        on_orphaned_intent="fail",
+    )
 
     assert run.state == "failed"
     assert task_instances(run)["generate"].try_number == 2
@@ -168,12 +222,21 @@ def test_orphaned_intent_with_policy_fail_refuses_to_resubmit(sora2_conn, dag_ru
 
 def test_changed_prompt_on_clear_and_rerun_submits_a_new_job(sora2_conn, dag_runner, file_output, console):
     when = datetime.datetime(2025, 3, 1, tzinfo=datetime.timezone.utc)
-    first = run_generate(dag_runner, "gen_edit", operator="DiesAfterSubmit", preamble=DIE_AFTER_SUBMIT,
-                         output_path=file_output, prompt="a cat", duration=4, logical_date=when)
+    first = run_generate(
+        dag_runner,
+        "gen_edit",
+        operator="DiesAfterSubmit",
+        preamble=DIE_AFTER_SUBMIT,
+        output_path=file_output,
+        prompt="a cat",
+        duration=4,
+        logical_date=when,
+    )
     assert first.state == "failed" and len(sora2_conn.ledger) == 1
 
-    second = run_generate(dag_runner, "gen_edit", output_path=file_output, prompt="a dog", duration=4,
-                          logical_date=when)
+    second = run_generate(
+        dag_runner, "gen_edit", output_path=file_output, prompt="a dog", duration=4, logical_date=when
+    )
 
     assert second.run_id == first.run_id and second.state == "success"
     assert [job["prompt"] for job in sora2_conn.ledger] == ["a cat", "a dog"]
@@ -197,7 +260,7 @@ def test_rerun_of_a_succeeded_task_makes_no_api_call(sora2_conn, dag_runner, fil
 def test_download_cut_mid_stream_leaves_nothing_and_the_retry_completes(sora2_conn, dag_runner, tmp_path):
     output = f"file://{tmp_path}/cut/out.mp4"
     sora2_conn.add_fault("download", "truncate", after_bytes=1000, times=50)
-    probe = '''
+    probe = """
 import pathlib
 
 class RecordsOutputBeforeRetry(Sora2GenerateVideoOperator):
@@ -207,10 +270,21 @@ class RecordsOutputBeforeRetry(Sora2GenerateVideoOperator):
             pathlib.Path({report!r}).write_text(repr(sorted(p.name for p in folder.iterdir())))
             {clear_faults}
         return super().execute(context)
-'''.format(folder=str(tmp_path / "cut"), report=str(tmp_path / "listing.txt"),
-           clear_faults=f"import requests; requests.delete('{sora2_conn.url}/_emulator/faults', timeout=5)")
-    run = run_generate(dag_runner, "gen_cut", retries=1, operator="RecordsOutputBeforeRetry", preamble=probe,
-                       output_path=output, prompt="a waterfall", duration=4)
+""".format(
+        folder=str(tmp_path / "cut"),
+        report=str(tmp_path / "listing.txt"),
+        clear_faults=f"import requests; requests.delete('{sora2_conn.url}/_emulator/faults', timeout=5)",
+    )
+    run = run_generate(
+        dag_runner,
+        "gen_cut",
+        retries=1,
+        operator="RecordsOutputBeforeRetry",
+        preamble=probe,
+        output_path=output,
+        prompt="a waterfall",
+        duration=4,
+    )
 
     assert (tmp_path / "listing.txt").read_text() == "['_sora2_state']"
     assert run.state == "success"
@@ -227,7 +301,7 @@ class RecordsOutputBeforeRetry(Sora2GenerateVideoOperator):
     ],
 )
 def test_non_retryable_errors_fail_in_one_try(emulator, monkeypatch, dag_runner, file_output, console, setup, expected):
-    from tests.conftest import connection_json
+    from tests.support import connection_json
 
     key = TEST_API_KEY
     if setup == "bad_key":
@@ -237,8 +311,7 @@ def test_non_retryable_errors_fail_in_one_try(emulator, monkeypatch, dag_runner,
     else:
         emulator.set_model_state("sora-2", "retired")
     monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(emulator.url, key))
-    run = run_generate(dag_runner, f"gen_fail_{setup}", retries=3, output_path=file_output, prompt="a bird",
-                       duration=4)
+    run = run_generate(dag_runner, f"gen_fail_{setup}", retries=3, output_path=file_output, prompt="a bird", duration=4)
 
     assert run.state == "failed"
     assert task_instances(run)["generate"].try_number == 1
@@ -248,8 +321,9 @@ def test_non_retryable_errors_fail_in_one_try(emulator, monkeypatch, dag_runner,
 
 def test_failed_job_fails_the_task_with_segmind_message_and_is_retryable(sora2_conn, dag_runner, file_output, console):
     sora2_conn.add_fault("submit_v2", "fail_job", message="prompt rejected by safety system")
-    run = run_generate(dag_runner, "gen_job_failed", retries=1, output_path=file_output, prompt="a storm",
-                       duration=4, deferrable=True)
+    run = run_generate(
+        dag_runner, "gen_job_failed", retries=1, output_path=file_output, prompt="a storm", duration=4, deferrable=True
+    )
 
     assert run.state == "success"  # the retry submitted again: a FAILED job is not billed
     assert "prompt rejected by safety system" in console.read()
@@ -258,8 +332,17 @@ def test_failed_job_fails_the_task_with_segmind_message_and_is_retryable(sora2_c
 
 
 def test_max_cost_below_the_estimate_fails_before_submit(sora2_conn, dag_runner, file_output, console):
-    run = run_generate(dag_runner, "gen_budget", retries=2, output_path=file_output, prompt="a city", duration=12,
-                       model="sora-2-pro", size="1792x1024", max_cost=5.0)
+    run = run_generate(
+        dag_runner,
+        "gen_budget",
+        retries=2,
+        output_path=file_output,
+        prompt="a city",
+        duration=12,
+        model="sora-2-pro",
+        size="1792x1024",
+        max_cost=5.0,
+    )
     assert run.state == "failed"
     assert task_instances(run)["generate"].try_number == 1
     assert sora2_conn.request_log == []
@@ -269,13 +352,15 @@ def test_max_cost_below_the_estimate_fails_before_submit(sora2_conn, dag_runner,
 def test_private_image_is_uploaded_and_used_as_input_reference(sora2_conn, dag_runner, tmp_path, file_output):
     image = tmp_path / "ref.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
-    run = run_generate(dag_runner, "gen_image", output_path=file_output, prompt="animate this", duration=4,
-                       input_reference=str(image))
+    run = run_generate(
+        dag_runner, "gen_image", output_path=file_output, prompt="animate this", duration=4, input_reference=str(image)
+    )
     assert run.state == "success"
     import requests
 
-    history = requests.get(f"{sora2_conn.url}/inference-request/request-history",
-                           headers={"x-api-key": TEST_API_KEY}, timeout=5).json()
+    history = requests.get(
+        f"{sora2_conn.url}/inference-request/request-history", headers={"x-api-key": TEST_API_KEY}, timeout=5
+    ).json()
     (row,) = history["data"]
     uploaded = row["request_body"]["input_reference"]
     assert uploaded.startswith(sora2_conn.url)

@@ -1,0 +1,61 @@
+"""Helpers shared by the test modules (the fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+TEST_API_KEY = "SG_c0ffee5ec7e70042"
+TEST_BALANCE = 100.0
+
+
+def connection_json(url: str, api_key: str = TEST_API_KEY, **extra: Any) -> str:
+    conn: dict[str, Any] = {"conn_type": "sora2", "host": url, "password": api_key}
+    if extra:
+        conn["extra"] = extra
+    return json.dumps(conn)
+
+
+def task_instances(dag_run: Any) -> dict[str, Any]:
+    """The run's task instances by task id (mapped ones by ``task_id[map_index]``), read from the metadata DB."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)
+            .all()
+        )
+        for ti in rows:
+            session.expunge(ti)
+    return {ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": ti for ti in rows}
+
+
+def xcom_value(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    """An XCom value the run stored, read back from the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key=key, map_index=map_index)
+            .one_or_none()
+        )
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def probe_mp4(data: bytes) -> tuple[int, int, float]:
+    """Decode an MP4 with PyAV: (width, height, duration in seconds). Fails unless ``ftyp`` comes first."""
+    import io
+
+    import av
+
+    assert data[4:8] == b"ftyp", "not an MP4: the ftyp box is not first"
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        assert frames > 0, "the MP4 holds no decodable frame"
+        duration = container.duration / 1_000_000 if container.duration else float(stream.duration * stream.time_base)
+        return stream.codec_context.width, stream.codec_context.height, duration
