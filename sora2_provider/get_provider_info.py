@@ -50,6 +50,12 @@ def get_provider_info() -> dict:
                         "schema": {"type": ["number", "null"], "minimum": 1, "default": 10},
                         "description": "Seconds to wait for a TCP connection to Segmind.",
                     },
+                    "retry_backoff": {
+                        "label": "Retry backoff (s)",
+                        "schema": {"type": ["number", "null"], "minimum": 0.001, "default": 0.5},
+                        "description": "First wait before retrying a 5xx, dropped connection or timeout; "
+                        "doubles each retry (with jitter), up to 30 s.",
+                    },
                     "upload_host": {
                         "label": "Upload host",
                         "schema": {"type": ["string", "null"]},

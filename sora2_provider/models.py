@@ -86,7 +86,7 @@ def validate_size(size: Any, spec: ModelSpec) -> str:
 def validate_input_reference(url: Any) -> str | None:
     if url is None or url == "":
         return None
-    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")) or "://" == url[-3:]:
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")) or url.endswith("://"):
         raise ValueError(
             f"input_reference: {url!r} is not an http(s) URL; give a public image URL "
             "(the operator uploads a local or object-storage image for you)"
@@ -156,7 +156,8 @@ def plan_cost(jobs: list[dict[str, Any]]) -> float:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"jobs[{index}].count: {count!r} must be a positive integer")
         try:
-            cost = estimate_cost(job.get("model"), job.get("duration", DEFAULT_DURATION), job.get("size"))
+            model = job.get("model")  # any value: estimate_cost -> get_model refuses a bad one with ValueError
+            cost = estimate_cost(model, job.get("duration", DEFAULT_DURATION), job.get("size"))  # type: ignore[arg-type]
         except ValueError as err:
             raise ValueError(f"jobs[{index}].{err}") from None
         total += cost * count

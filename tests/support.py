@@ -10,9 +10,8 @@ TEST_BALANCE = 100.0
 
 
 def connection_json(url: str, api_key: str = TEST_API_KEY, **extra: Any) -> str:
-    conn: dict[str, Any] = {"conn_type": "sora2", "host": url, "password": api_key}
-    if extra:
-        conn["extra"] = extra
+    """A ``sora2`` connection (as ``AIRFLOW_CONN_*`` JSON) to ``url`` with a short retry backoff for tests."""
+    conn = {"conn_type": "sora2", "host": url, "password": api_key, "extra": {"retry_backoff": 0.05, **extra}}
     return json.dumps(conn)
 
 

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import mimetypes
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +82,7 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 SYNC_TIMEOUT_FACTOR = 10
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+WRITE_BLOCK_SIZE = 8 * 1024 * 1024  # object-storage part size when streaming a video (S3's minimum is 5 MiB)
 RESET_MARGIN = 0.1  # seconds added to the rate-limit reset time, against clock granularity
 USER_AGENT = "airflow-provider-sora2"
 
@@ -187,17 +189,18 @@ def _as_path(location: Any) -> Any:
 
 @contextmanager
 def _open_destination(destination: Any) -> Iterator[IO[bytes]]:
-    """An open binary file for ``destination``: a file object (left open), an ObjectStoragePath, or a path."""
+    """An open binary file for ``destination``: a file object (left open), an ObjectStoragePath, or a path.
+
+    Object storage is written in ``WRITE_BLOCK_SIZE`` parts (s3fs would buffer 50 MiB by default). A failed
+    download may leave a partial file behind: callers write to a temporary name.
+    """
     if hasattr(destination, "write"):
         yield destination
         return
-    with _as_path(destination).open("wb") as fh:
-        try:
-            yield fh
-        except BaseException:
-            if hasattr(fh, "discard"):  # fsspec buffered writer: abort the multipart upload
-                fh.discard()
-            raise
+    path = _as_path(destination)
+    opened = path.open("wb") if isinstance(path, Path) else path.open("wb", block_size=WRITE_BLOCK_SIZE)
+    with opened as fh:
+        yield fh
 
 
 class Sora2Hook(BaseHook):
@@ -227,6 +230,7 @@ class Sora2Hook(BaseHook):
         self.max_wait = max_wait
         self._conn: Connection | None = None
         self._session: requests.Session | None = None
+        self._session_lock = threading.Lock()
         self._secret: str | None = None
 
     def __repr__(self) -> str:
@@ -282,19 +286,22 @@ class Sora2Hook(BaseHook):
 
     def get_conn(self) -> requests.Session:
         """The hook's one ``requests.Session``, carrying the ``x-api-key`` header (masked in Airflow logs)."""
-        if self._session is None:
-            key = (self.connection.password or "").strip()
-            if not key:
-                raise Sora2AuthError(
-                    f"connection {self.sora2_conn_id!r} has no API key: put the Segmind key in its password"
-                )
-            from airflow.sdk.log import mask_secret
+        with self._session_lock:  # the async methods call in from worker threads
+            if self._session is None:
+                self._session = self._new_session()
+            return self._session
 
-            mask_secret(key)
-            session = _KeySafeSession()
-            session.headers.update({"x-api-key": key, "Accept": "application/json", "User-Agent": USER_AGENT})
-            self._secret, self._session = key, session
-        return self._session
+    def _new_session(self) -> requests.Session:
+        key = (self.connection.password or "").strip()
+        if not key:
+            raise Sora2AuthError(f"connection {self.sora2_conn_id!r} has no API key: put the Segmind key in password")
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(key)
+        self._secret = key
+        session = _KeySafeSession()
+        session.headers.update({"x-api-key": key, "Accept": "application/json", "User-Agent": USER_AGENT})
+        return session
 
     def _redact(self, text: str | None) -> str | None:
         if text and self._secret:
@@ -303,10 +310,14 @@ class Sora2Hook(BaseHook):
 
     # ------------------------------------------------------------------ transport
 
+    @property
+    def retry_backoff(self) -> float:
+        """First backoff delay in seconds: the extra ``retry_backoff``, else ``retry_backoff_initial``."""
+        return self._extra_seconds(self.connection.extra_dejson, "retry_backoff", self.retry_backoff_initial)
+
     def _retrying(self) -> tenacity.Retrying:
-        backoff = tenacity.wait_exponential_jitter(
-            multiplier=self.retry_backoff_initial, max=self.retry_backoff_max, jitter=self.retry_backoff_initial
-        )
+        initial = self.retry_backoff
+        backoff = tenacity.wait_exponential_jitter(multiplier=initial, max=self.retry_backoff_max, jitter=initial)
 
         def wait(state: tenacity.RetryCallState) -> float:
             err = state.outcome.exception() if state.outcome else None
@@ -431,6 +442,7 @@ class Sora2Hook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the key with the free credits call only; never starts a paid job."""
+        self.max_retries = 0  # the UI waits on this button: answer at once instead of riding out an outage
         try:
             credits = self.get_credits()
         except Sora2Error as err:
@@ -502,7 +514,7 @@ class Sora2Hook(BaseHook):
         :raises Sora2JobFailedError: the job ended FAILED (not billed).
         """
         body = self._job_json(request_id, "", f"result of {request_id}")
-        status = str(body.get("status") or "UNKNOWN").upper()
+        status = str(body.get("status") or ("COMPLETED" if output_url(body) else "UNKNOWN")).upper()
         if status == "FAILED":
             raise Sora2JobFailedError(
                 f"job {request_id} FAILED (not billed)",
@@ -530,10 +542,11 @@ class Sora2Hook(BaseHook):
         a body cut short raises :class:`Sora2DownloadError` naming the request id (it cannot be resumed).
         """
         connect, read = self.timeouts
-        response, paid = self._paid_post(request, "v1", stream=True, timeout=(connect, read * SYNC_TIMEOUT_FACTOR))
-        with response, _open_destination(destination) as fh:
-            request_id = response.headers.get("x-request-id")
-            download = self._sync_body(response, VideoSink(fh, f"{paid.endpoint} request {request_id}"))
+        with _open_destination(destination) as fh:  # opened first: a bad destination fails before paying
+            response, paid = self._paid_post(request, "v1", stream=True, timeout=(connect, read * SYNC_TIMEOUT_FACTOR))
+            with response:
+                request_id = response.headers.get("x-request-id")
+                download = self._sync_body(response, VideoSink(fh, f"{paid.endpoint} request {request_id}"))
         return SyncResult(
             request_id=request_id,
             download=download,

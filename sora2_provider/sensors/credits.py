@@ -146,13 +146,23 @@ class CreditsSensor(BaseSensorOperator):
         )
 
     def _first_poke(self, context: Context) -> PokeReturnValue:
-        """Poke once before deferring, honouring ``soft_fail``/``never_fail`` as the sensor loop does."""
+        """Poke once before deferring, honouring ``soft_fail``, ``never_fail`` and ``silent_fail`` as the
+        sensor loop of :class:`BaseSensorOperator` does."""
         try:
             return self.poke(context)
-        except AirflowFailException as err:
+        except (AirflowFailException, AirflowSensorTimeout) as err:
             if self.soft_fail or self.never_fail:
                 raise AirflowSkipException(f"Skipping due to soft_fail/never_fail: {err}") from err
             raise
+        except AirflowSkipException:
+            raise
+        except Exception as err:
+            if self.never_fail:
+                raise AirflowSkipException(f"Skipping due to never_fail: {err}") from err
+            if not self.silent_fail:
+                raise
+            self.log.exception("Sensor poke failed; deferring anyway (silent_fail)")
+            return PokeReturnValue(is_done=False)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, float]:
         """Resume after :class:`CreditsTrigger`: the XCom dict on success, else fail (or skip with soft_fail)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sora2_provider.models import MODELS, VideoRequest
+from sora2_provider.models import DEFAULT_DURATION, MODELS, VideoRequest
 
 ENDPOINTS = (
     "submit_v2", "submit_v1", "status", "result", "download", "credits", "upload", "asset", "history", "history_item",
@@ -68,8 +68,13 @@ class Refusal(Exception):
         """The JSON body, or the nginx-like HTML page a gateway answers with."""
         if not self.html:
             return {"error": self.message}
-        return f"<html><head><title>{self.message}</title></head><body><center><h1>{self.message}</h1></center>" \
-               "<hr><center>nginx</center></body></html>"
+        title = self.message
+        return f"<html><head><title>{title}</title></head><body><center><h1>{title}</h1></center><hr></body></html>"
+
+
+def rate_limit_headers(reset_at: float) -> dict[str, str]:
+    """The header of a 429: when the window resets, as an ISO 8601 UTC time."""
+    return {"x-rate-limit-reset-at-utc": iso(reset_at)}
 
 
 def iso(epoch: float) -> str:
@@ -116,9 +121,10 @@ class Job:
     remaining_credits: float | None = None
 
     def status(self, now: float) -> str:
+        """Terminal only once settled (see :meth:`EmulatorState.settle`), so COMPLETED always means charged."""
         if now < self.started_at:
             return "QUEUED"
-        if now < self.finished_at:
+        if not self.settled:
             return "PROCESSING"
         return "FAILED" if self.fail_message else "COMPLETED"
 
@@ -199,23 +205,18 @@ class EmulatorState:
                 raise Refusal(401, "Invalid API key")
             return api_key
 
-    def count_call(self, api_key: str, now: float | None = None) -> None:
-        """Count a keyed call in the key's fixed window; refuse with 429 over ``rate_limit_rpm``."""
+    def count_call(self, api_key: str) -> None:
+        """Count a keyed call in the key's fixed window (real seconds); refuse with 429 over ``rate_limit_rpm``."""
         if self.rate_limit_rpm is None:
             return
-        now = time.time() if now is None else now
+        now = time.time()
         with self.lock:
             window = self.windows.get(api_key)
             if window is None or now >= window.started + self.rate_limit_window:
                 window = self.windows[api_key] = _Window(started=now)
             window.calls += 1
             if window.calls > self.rate_limit_rpm:
-                reset_at = iso(window.started + self.rate_limit_window)
-                raise Refusal(429, "Rate limit exceeded", {"x-rate-limit-reset-at-utc": reset_at})
-
-    def rate_limit_refusal(self) -> Refusal:
-        """The 429 a fault answers with: the reset header one window from now."""
-        return Refusal(429, None, {"x-rate-limit-reset-at-utc": iso(time.time() + self.rate_limit_window)})
+                raise Refusal(429, "Rate limit exceeded", rate_limit_headers(window.started + self.rate_limit_window))
 
     def set_balance(self, api_key: str, credits: float | None, free_credits: float | None = None) -> None:
         with self.lock:
@@ -260,15 +261,14 @@ class EmulatorState:
         """Validate and accept a job, or refuse (403/404/410, 400 (v2) or 422 (v1), 406)."""
         self.check_model(model)
         try:
-            request = VideoRequest.create(
-                body.get("prompt"), model, body.get("duration", 8), body.get("size"), body.get("input_reference")
-            )
+            fields = (body.get("duration", DEFAULT_DURATION), body.get("size"), body.get("input_reference"))
+            request = VideoRequest.create(body.get("prompt"), model, *fields)
         except ValueError as err:
             raise Refusal(422 if api == "v1" else 400, str(err)) from None
         with self.lock:
             self.settle()
             account = self.accounts[api_key]
-            if account.available < request.estimated_cost:
+            if account.available + 1e-9 < request.estimated_cost:
                 raise Refusal(
                     406, f"Insufficient credits: balance {account.available:.2f}, required {request.estimated_cost:.2f}"
                 )

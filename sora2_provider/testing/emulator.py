@@ -37,7 +37,15 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sora2_provider.testing.backend import DEFAULT_FAIL_MESSAGE, EmulatorState, Fault, HistoryQuery, Job, Refusal
+from sora2_provider.testing.backend import (
+    DEFAULT_FAIL_MESSAGE,
+    EmulatorState,
+    Fault,
+    HistoryQuery,
+    Job,
+    Refusal,
+    rate_limit_headers,
+)
 from sora2_provider.testing.video import mp4_file, pad_mp4, padded_size
 
 DEFAULT_API_KEY = "SG_emulator"
@@ -72,7 +80,7 @@ class Sora2Emulator:
         port: int = 0,
         *,
         time_scale: float = 1.0,
-        api_keys: dict[str, float] | None = None,
+        api_keys: dict[str, float | None] | None = None,
         free_credits: float = 0.0,
         rate_limit_rpm: int | None = None,
         rate_limit_window: float = 60.0,
@@ -241,10 +249,8 @@ class _Api:
         return _Call(api_key, faults)
 
     def fault_refusal(self, fault: Fault) -> Refusal:
-        if fault.status == 429:
-            refusal = self.state.rate_limit_refusal()
-            return Refusal(429, fault.message, refusal.headers)
-        return Refusal(fault.status or 500, fault.message)
+        headers = rate_limit_headers(time.time() + self.state.rate_limit_window) if fault.status == 429 else None
+        return Refusal(fault.status or 500, fault.message, headers)
 
     async def drop(self, request: Request) -> NoReturn:
         await self.emulator.drop_connection(request.scope)
@@ -416,10 +422,9 @@ class _Controls:
         return JSONResponse({"ok": True})
 
     async def ledger(self, request: Request) -> Response:
-        emulator = self.emulator
-        return JSONResponse(
-            {"ledger": emulator.ledger, "charges": emulator.charges(), "running_jobs_peak": emulator.running_jobs_peak()}
-        )
+        emu = self.emulator
+        body = {"ledger": emu.ledger, "charges": emu.charges(), "running_jobs_peak": emu.running_jobs_peak()}
+        return JSONResponse(body)
 
     async def requests(self, request: Request) -> Response:
         return JSONResponse({"requests": self.emulator.request_log})
