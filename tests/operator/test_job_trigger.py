@@ -1,0 +1,104 @@
+"""Sora2JobTrigger run directly in an event loop against the emulator over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from sora2_provider.models import VideoRequest
+from sora2_provider.triggers.sora2 import Sora2JobTrigger
+from tests.support import TEST_API_KEY
+
+
+def submit(emulator, **overrides) -> str:
+    from sora2_provider.hooks.sora2 import Sora2Hook
+
+    request = VideoRequest.create(overrides.pop("prompt", "a quiet harbour"), duration=4, **overrides)
+    return Sora2Hook().submit(request).request_id
+
+
+async def first_event(trigger: Sora2JobTrigger, timeout: float = 30.0) -> dict:
+    async def collect():
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    return await asyncio.wait_for(collect(), timeout)
+
+
+async def with_heartbeat(coroutine) -> tuple[dict, float]:
+    """Run ``coroutine`` beside a 10 ms heartbeat; return its result and the longest heartbeat gap."""
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def heartbeat():
+        last = time.monotonic()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        return await coroutine, max(gaps, default=0.0)
+    finally:
+        done.set()
+        await beat
+
+
+def test_serializes_to_primitives_without_the_key(sora2_conn):
+    trigger = Sora2JobTrigger("req-1", "sora2_default", poll_interval=0.05)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "sora2_provider.triggers.sora2.Sora2JobTrigger"
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert TEST_API_KEY not in json.dumps(kwargs)
+    assert Sora2JobTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+def test_completed_job_yields_completed_without_blocking_the_loop(sora2_conn):
+    request_id = submit(sora2_conn)
+    sora2_conn.add_fault("status", "slow", delay=0.5)  # a slow answer must not stall the other coroutines
+
+    event, longest_gap = asyncio.run(with_heartbeat(first_event(Sora2JobTrigger(request_id, poll_interval=0.05))))
+
+    assert event["status"] == "completed" and event["request_id"] == request_id
+    assert longest_gap < 0.25
+
+
+def test_failed_job_yields_failed_with_segmind_message(sora2_conn):
+    sora2_conn.add_fault("submit_v2", "fail_job", message="the prompt was blocked")
+    request_id = submit(sora2_conn)
+
+    event = asyncio.run(first_event(Sora2JobTrigger(request_id, poll_interval=0.05)))
+
+    assert event == {"status": "failed", "request_id": request_id, "message": "the prompt was blocked"}
+
+
+def test_unknown_or_expired_record_yields_not_found(sora2_conn):
+    request_id = submit(sora2_conn)
+    sora2_conn.expire(request_id)
+
+    event = asyncio.run(first_event(Sora2JobTrigger(request_id, poll_interval=0.05)))
+
+    assert event["status"] == "not_found" and "HTTP 404" in event["message"]
+
+
+@pytest.mark.parametrize("tolerated", [True, False], ids=["rides-out", "gives-up"])
+def test_repeated_server_errors_are_ridden_out_then_reported(sora2_conn, tolerated):
+    request_id = submit(sora2_conn)
+    # The hook itself retries each call (max_retries=5, so 6 answers per call); the trigger then tolerates
+    # up to max_transient_errors failed calls in a row.
+    failing_calls = 2 if tolerated else 3
+    sora2_conn.add_fault("status", "status", status=503, times=6 * failing_calls)
+
+    trigger = Sora2JobTrigger(request_id, poll_interval=0.05, max_transient_errors=3)
+    event = asyncio.run(first_event(trigger))
+
+    if tolerated:
+        assert event["status"] == "completed"
+    else:
+        assert event["status"] == "error" and "HTTP 503" in event["message"]
