@@ -154,7 +154,7 @@ class Job:
             "created_at": self.created_at,
             "finished_at": self.finished_at,
             "error": self.fail_message if self.status(now) == "FAILED" else None,
-            "api_key_suffix": self.api_key[-4:],
+            "api_key_suffix": self.api_key[-4:] if len(self.api_key) > 8 else "",
         }
 
 
@@ -248,6 +248,10 @@ class EmulatorState:
             done = self.calls.get(endpoint, 0)
             first = done + on_call
             self.faults.append(Fault(endpoint, kind, first, first + times - 1, status, message, delay, after_bytes))
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
 
     def take_faults(self, endpoint: str) -> list[Fault]:
         """Count one call of ``endpoint`` and return the faults that apply to it."""

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from starlette.applications import Starlette
@@ -69,6 +70,12 @@ class _Call:
 
     def fault(self, kind: str) -> Fault | None:
         return next((f for f in self.faults if f.kind == kind), None)
+
+    @property
+    def truncate_after(self) -> int | None:
+        """Bytes to send before closing, when a ``truncate`` fault applies."""
+        truncate = self.fault("truncate")
+        return truncate.after_bytes if truncate else None
 
 
 class Sora2Emulator:
@@ -179,6 +186,10 @@ class Sora2Emulator:
         """
         self._state.add_fault(endpoint, kind, on_call=on_call, times=times, status=status, message=message,
                               delay=delay, after_bytes=after_bytes)
+
+    def clear_faults(self) -> None:
+        """Remove every queued fault (call counts keep running)."""
+        self._state.clear_faults()
 
     @property
     def ledger(self) -> list[dict[str, Any]]:
@@ -293,8 +304,7 @@ class _Api:
             "x-request-id": job.request_id,
             "x-generation-time": f"{job.finished_at - job.created_at:.3f}",
         }
-        truncate = call.fault("truncate")
-        return await self.mp4_response(request, job, headers, truncate.after_bytes if truncate else None)
+        return await self.mp4_response(request, job, headers, call.truncate_after)
 
     async def status(self, request: Request) -> Response:
         call = await self.begin(request, "status")
@@ -314,7 +324,7 @@ class _Api:
         if job.status(time.time()) != "COMPLETED":
             return self.status_response(job)
         url = _output_url(request, job)
-        size = await self.output_size(job)
+        _, size = await self.output_file(job)
         video = {"url": url, "content_type": "video/mp4", "file_name": f"{job.request_id}.mp4", "file_size": size}
         body = {"status": "COMPLETED", "request_id": job.request_id, "output": url,
                 "metrics": job.metrics(time.time()), "video": video}
@@ -323,18 +333,17 @@ class _Api:
     async def download(self, request: Request) -> Response:
         call = await self.begin(request, "download", keyed=False)
         job = self.state.output_job(request.path_params["request_id"])
-        truncate = call.fault("truncate")
-        return await self.mp4_response(request, job, {}, truncate.after_bytes if truncate else None, ranged=True)
+        return await self.mp4_response(request, job, {}, call.truncate_after, ranged=True)
 
-    async def output_size(self, job: Job) -> int:
+    async def output_file(self, job: Job) -> tuple[Path, int]:
+        """The job's cached MP4 (encoded off the event loop when new) and the size it is served at."""
         path = await asyncio.to_thread(mp4_file, *_dimensions(job.request.size), job.request.duration)
-        return padded_size(path.stat().st_size, self.emulator.pad_output_to)
+        return path, padded_size(path.stat().st_size, self.emulator.pad_output_to)
 
     async def mp4_response(self, request: Request, job: Job, headers: dict[str, str], after_bytes: int | None,
                            ranged: bool = False) -> Response:
         """The (padded) MP4, whole or one ``Range``, streamed chunk by chunk."""
-        path = await asyncio.to_thread(mp4_file, *_dimensions(job.request.size), job.request.duration)
-        total = padded_size(path.stat().st_size, self.emulator.pad_output_to)
+        path, total = await self.output_file(job)
         start, stop, status = 0, total, 200
         byte_range = _parse_range(request.headers.get("range"), total) if ranged else None
         if byte_range:
@@ -413,6 +422,10 @@ class _Controls:
             raise Refusal(400, str(err)) from None
         return JSONResponse({"ok": True})
 
+    async def clear_faults(self, request: Request) -> Response:
+        self.emulator.clear_faults()
+        return JSONResponse({"ok": True})
+
     async def models(self, request: Request) -> Response:
         body = await _control_body(request)
         try:
@@ -458,6 +471,7 @@ def _build_app(emulator: Sora2Emulator) -> Starlette:
               name="history_item"),
         Route("/_emulator/balance", controls.balance, methods=["POST"]),
         Route("/_emulator/faults", controls.faults, methods=["POST"]),
+        Route("/_emulator/faults", controls.clear_faults, methods=["DELETE"]),
         Route("/_emulator/models", controls.models, methods=["POST"]),
         Route("/_emulator/ledger", controls.ledger, methods=["GET"]),
         Route("/_emulator/requests", controls.requests, methods=["GET"]),

@@ -693,6 +693,9 @@ def test_the_http_controls(api: Any, emu: Sora2Emulator) -> None:
     assert api.get("/v1/get-user-credits").status_code == 503
     melt = {"endpoint": "credits", "kind": "melt"}
     assert requests.post(control + "/faults", json=melt, timeout=5).status_code == 400
+    assert requests.post(control + "/faults", json={**fault, "times": 5}, timeout=5).ok
+    assert requests.delete(control + "/faults", timeout=5).json() == {"ok": True}
+    assert api.get("/v1/get-user-credits").status_code == 200
 
     assert requests.post(control + "/models", json={"model": "sora-2", "state": "retired"}, timeout=5).ok
     assert api.post("/v2/sora-2", json={"prompt": "x"}).status_code == 410
@@ -703,7 +706,7 @@ def test_the_http_controls(api: Any, emu: Sora2Emulator) -> None:
     assert [e["request_id"] for e in ledger["ledger"]] == [request_id]
     assert ledger["running_jobs_peak"] == 1 and ledger["charges"] == {}
     log = requests.get(control + "/requests", timeout=5).json()["requests"]
-    assert [e["endpoint"] for e in log] == ["credits", "credits", "submit_v2", "submit_v2"]
+    assert [e["endpoint"] for e in log] == ["credits", "credits", "credits", "submit_v2", "submit_v2"]
 
     assert requests.post(f"{control}/expire/{request_id}", timeout=5).json() == {"ok": True}
     assert api.get(f"/v2/requests/{request_id}/status").status_code == 404

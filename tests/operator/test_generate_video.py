@@ -372,3 +372,68 @@ def test_extra_links_point_at_the_stored_video(sora2_conn, dag_runner, file_outp
     result = xcom_value(run, "generate")
     assert xcom_value(run, "generate", key="_link_Sora2VideoLink") == file_output
     assert xcom_value(run, "generate", key="_link_Sora2OutputLink") == result["source_url"]
+
+
+def test_asset_outlet_event_carries_the_video_metadata(sora2_conn, dag_runner, file_output):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    preamble = "from airflow.sdk import Asset"
+    source = DAG_SOURCE.format(
+        dag_id="gen_asset",
+        operator="Sora2GenerateVideoOperator",
+        retries=0,
+        preamble=preamble,
+        kwargs={"output_path": file_output, "prompt": "a comet", "duration": 4},
+    )
+    source = source.replace('task_id="generate",', 'task_id="generate", outlets=[Asset("sora2_test_videos")],')
+    run = dag_runner.run("gen_asset", source)
+    result = xcom_value(run, "generate")
+
+    with create_session() as session:
+        event = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == "sora2_test_videos")
+            .one()
+        )
+        extra = dict(event.extra)
+    expected = {key: result[key] for key in ("uri", "request_id", "model", "duration", "cost")}
+    assert {key: extra.get(key) for key in expected} == expected
+
+
+def test_on_kill_stops_worker_side_polling_and_keeps_the_job_record(sora2_conn, file_output):
+    """``on_kill`` from another thread ends the polling wait at once; the record stays for the next try."""
+    import threading
+
+    from airflow.sdk.exceptions import AirflowException
+
+    from sora2_provider.hooks.sora2 import Sora2Hook
+    from sora2_provider.models import VideoRequest
+    from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
+
+    operator = Sora2GenerateVideoOperator(
+        task_id="generate",
+        prompt="a glacier",
+        output_path=file_output,
+        poll_interval=30,
+        model="sora-2-pro",
+        duration=12,
+    )
+    hook = Sora2Hook()
+    request_id = hook.submit(VideoRequest.create("a glacier", model="sora-2-pro", duration=12)).request_id
+    polled = threading.Event()
+    original = hook.get_status
+
+    def get_status(job_id):
+        status = original(job_id)
+        polled.set()
+        return status
+
+    hook.get_status = get_status  # observe (not replace) the real call, to kill only once polling has begun
+    killer = threading.Thread(target=lambda: polled.wait(10) and operator.on_kill())
+    killer.start()
+    with pytest.raises(AirflowException, match="was stopped; the next try resumes it"):
+        operator._poll(hook, request_id, datetime.timedelta(minutes=5))
+    killer.join()
+    assert len(sora2_conn.ledger) == 1
