@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 UV := python3 -m uv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench bench-quick test-ui report clean
+.PHONY: test lint typecheck pytest demo bench bench-quick test-ui report acceptance-report clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@test -x $(PY) || $(UV) venv --quiet --python python3 $(VENV)
-	$(UV) pip install --quiet --python $(PY) -c constraints.txt -e '.[test,s3]'
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[test,s3]'
 	@touch $@
 
 venv: $(INSTALLED)
@@ -25,6 +25,35 @@ pytest: $(INSTALLED)
 	$(VENV)/bin/pytest -m "not ui" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# Browser tests of the Airflow UI (tests/ui, marker `ui`): Playwright drives Debian's Chromium, installed here with
+# apt when missing (as root, or through sudo). Playwright's own browser download is never used.
+CHROMIUM := /usr/bin/chromium
+
+test-ui: $(INSTALLED) $(CHROMIUM)
+	$(VENV)/bin/pytest -m ui $(PYTEST_ARGS)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium
+
+# Runs tests/acceptance (fault matrix, bad input, secrets) and renders tests/acceptance/REPORT.md from what it saw.
+acceptance-report: $(INSTALLED)
+	@results=$$(mktemp -t sora2-acceptance-XXXXXX.json); \
+	SORA2_ACCEPTANCE_RESULTS=$$results $(VENV)/bin/pytest tests/acceptance $(PYTEST_ARGS); status=$$?; \
+	$(PY) tests/acceptance/render_report.py $$results tests/acceptance/REPORT.md && rm -f $$results; exit $$status
+
+# Runs the sora2_daily_video example through Airflow (deferral included) against the local emulator.
+demo: $(INSTALLED)
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+# Benchmarks of issue #8 (bench/RESULTS.md): the full run takes under 15 minutes on two cores; bench-quick is the
+# small variant (make test runs it too, through tests/bench). Options: BENCH_ARGS="--only P2,P3" ...
+bench: $(INSTALLED)
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: $(INSTALLED)
+	$(PY) -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -445,8 +445,8 @@ class Sora2Hook(BaseHook):
         self.max_retries = 0  # the UI waits on this button: answer at once instead of riding out an outage
         try:
             credits = self.get_credits()
-        except Sora2Error as err:
-            return False, str(err)
+        except Sora2Error as err:  # the UI tests a form under a throwaway id: naming it would only confuse
+            return False, str(err).replace(f"connection {self.sora2_conn_id!r}: ", "")
         except Exception as err:  # the UI shows any failure as a message, not a traceback
             return False, f"{type(err).__name__}: {self._redact(str(err))}"
         return True, (

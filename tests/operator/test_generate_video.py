@@ -367,10 +367,12 @@ def test_private_image_is_uploaded_and_used_as_input_reference(sora2_conn, dag_r
     assert requests.get(uploaded, timeout=5).content == image.read_bytes()
 
 
-def test_extra_links_point_at_the_stored_video(sora2_conn, dag_runner, file_output):
-    run = run_generate(dag_runner, "gen_links", output_path=file_output, prompt="a fern", duration=4)
+def test_extra_links_point_at_the_stored_video(sora2_conn, aws_conn, dag_runner):
+    output = "s3://aws_default@sora2-test/links/fern.mp4"
+    run = run_generate(dag_runner, "gen_links", output_path=output, prompt="a fern", duration=4)
     result = xcom_value(run, "generate")
-    assert xcom_value(run, "generate", key="_link_Sora2VideoLink") == file_output
+    console = "https://s3.console.aws.amazon.com/s3/object/sora2-test?prefix=links/fern.mp4"
+    assert xcom_value(run, "generate", key="_link_Sora2VideoLink") == console
     assert xcom_value(run, "generate", key="_link_Sora2OutputLink") == result["source_url"]
 
 

@@ -1,0 +1,347 @@
+"""A real Airflow UI in a real browser: ``airflow api-server`` on 127.0.0.1 and Debian's Chromium driven by Playwright.
+
+One Airflow per test module, in an ``AIRFLOW_HOME`` of its own under the session's one (so the session's API-key
+scan covers its logs), with the simple auth manager and one known user, and ``[core] test_connection`` enabled.
+No scheduler is needed: the generation run that gives the task instance page its extra links is an
+``airflow dags test`` run against the same metadata DB (started in the background while the server boots),
+writing the MP4 to a ``file://`` path; the connection tests need only the api-server, which runs
+``Sora2Hook.test_connection``.
+
+Chromium: Debian's ``/usr/bin/chromium`` (``make test-ui`` installs it with apt), never a browser downloaded by
+Playwright. Every process started here is stopped by its PID at teardown, with whatever it left in its process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import AIRFLOW_HOME as SESSION_AIRFLOW_HOME
+from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "docs" / "img"
+BIN = Path(sys.executable).parent
+CHROMIUM = Path(os.environ.get("SORA2_UI_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1400, "height": 900}
+USERNAME = "admin"
+PASSWORD = "admin-pass"
+#: The DAG whose run gives the task instance page its extra links.
+DAG_ID = "sora2_ui_extra_links"
+TASK_ID = "generate_video"
+#: The generation run pays from an account of its own, so the balance the UI's connections see stays TEST_BALANCE.
+RUN_API_KEY = "SG_ui_generation_run_0001"
+#: 180 s of rendering -> 0.9 s.
+TIME_SCALE = 0.005
+SERVER_DEADLINE = 240  # seconds for the api-server to answer healthy (about 20 s idle, over a minute on a busy machine)
+RUN_DEADLINE = 180  # seconds for the background ``airflow dags test`` run
+
+DAG_SOURCE = '''
+"""One short Sora 2 video, stored in S3: its task instance shows the operator's extra links."""
+
+import pendulum
+from airflow.sdk import DAG
+
+from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
+
+with DAG(
+    dag_id="{dag_id}",
+    schedule=None,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["sora2"],
+):
+    Sora2GenerateVideoOperator(
+        task_id="{task_id}",
+        prompt="A paper boat drifting across a rain puddle, macro shot",
+        output_path="{output_uri}",
+        duration=4,
+        poll_interval=0.2,
+    )
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (requests.RequestException, OSError, ValueError, KeyError) as err:
+            last_error, result = err, None
+        if result:
+            return result
+        time.sleep(interval)  # poll interval of a deadline-bounded loop, not a synchronisation by itself
+    raise TimeoutError(f"{what}: not done within {timeout:.0f} s (last error: {last_error!r})")
+
+
+@dataclass
+class GenerationRun:
+    """The finished ``airflow dags test`` run: its run id, the stored video's URI and Segmind's output URL."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    stored_uri: str
+    output_url: str
+    xcom: dict[str, Any]
+
+
+@dataclass
+class UiAirflow:
+    """The running Airflow: its home, environment, URL, REST API and processes."""
+
+    home: Path
+    env: dict[str, str]
+    url: str
+    output_uri: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _token: str | None = None
+    _run: GenerationRun | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "process-logs"
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def cli(self, *args: str, timeout: float = 300) -> str:
+        proc = subprocess.run(
+            [str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        assert proc.returncode == 0, f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [str(BIN / "airflow"), *args],
+            env=env or self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: its children can be found and stopped with it
+        )
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM each process by its PID, wait, then SIGKILL whatever is left in its process group."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # children it left behind (its group id is its PID)
+
+    # -- REST API -------------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        server = self.processes["api-server"]
+        if server.poll() is not None:
+            raise AssertionError(f"airflow api-server exited with {server.returncode}:\n{self.log_tail('api-server')}")
+        health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+        return health.get("metadatabase", {}).get("status") == "healthy"
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self._token is None:
+            answer = requests.post(
+                f"{self.url}/auth/token", json={"username": USERNAME, "password": PASSWORD}, timeout=30
+            )
+            answer.raise_for_status()
+            self._token = answer.json()["access_token"]
+        headers = {"Authorization": f"Bearer {self._token}"}
+        response = requests.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def hook_credits(self, conn_id: str) -> dict[str, float]:
+        """``Sora2Hook(conn_id).get_credits()`` in a separate process that reads connections from this metadata DB."""
+        code = (
+            "import json; from sora2_provider.hooks.sora2 import Sora2Hook; "
+            f"print(json.dumps(Sora2Hook({conn_id!r}, max_retries=0).get_credits()))"
+        )
+        # "server" context: the SDK looks connections up in the metadata DB, as the api-server does.
+        env = {**self.env, "_AIRFLOW_PROCESS_CONTEXT": "server"}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"Sora2Hook({conn_id!r}).get_credits() failed:\n{proc.stderr[-3000:]}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    # -- the generation run ---------------------------------------------------------------------
+
+    def generation_run(self) -> GenerationRun:
+        """Wait for the background ``airflow dags test`` run, then read what it stored through the REST API."""
+        if self._run is None:
+            proc = self.processes["dags-test"]
+            try:
+                proc.wait(timeout=RUN_DEADLINE)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"airflow dags test still running:\n{self.log_tail('dags-test')}") from None
+            assert proc.returncode == 0, f"airflow dags test failed:\n{self.log_tail('dags-test', 60)}"
+            leaks = [p for p in self.home.rglob("*.log") if RUN_API_KEY in p.read_text(errors="ignore")]
+            assert not leaks, f"the generation run's API key leaked into {leaks}"
+            runs = self.api("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]
+            assert len(runs) == 1 and runs[0]["state"] == "success", runs
+            run_id = runs[0]["dag_run_id"]
+            path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{TASK_ID}/xcomEntries/return_value"
+            xcom = self.api("GET", path, params={"deserialize": True, "stringify": False})["value"]
+            self._run = GenerationRun(DAG_ID, TASK_ID, run_id, xcom["uri"], xcom["source_url"], xcom)
+        return self._run
+
+
+@pytest.fixture(scope="module")
+def ui_emulator() -> Iterator[Any]:
+    """The Segmind emulator the UI's connections (TEST_API_KEY) and the generation run (RUN_API_KEY) talk to."""
+    from sora2_provider.testing.emulator import Sora2Emulator
+
+    keys: dict[str, float | None] = {TEST_API_KEY: TEST_BALANCE, RUN_API_KEY: TEST_BALANCE}
+    with Sora2Emulator(time_scale=TIME_SCALE, api_keys=keys) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def ui_airflow(ui_emulator: Any, s3_server: str) -> Iterator[UiAirflow]:
+    """``airflow api-server`` on a free loopback port with a migrated SQLite DB, plus the generation run."""
+    home = SESSION_AIRFLOW_HOME / "ui"
+    if home.exists():
+        shutil.rmtree(home)
+    dags = home / "dags"
+    dags.mkdir(parents=True)
+    (home / "process-logs").mkdir()
+    passwords = home / "simple_auth_manager_passwords.json"
+    passwords.write_text(json.dumps({USERNAME: PASSWORD}))
+    output_uri = f"s3://aws_default@sora2-test/ui/{DAG_ID}.mp4"
+    (dags / f"{DAG_ID}.py").write_text(
+        textwrap.dedent(DAG_SOURCE).format(dag_id=DAG_ID, task_id=TASK_ID, output_uri=output_uri)
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__UNIT_TEST_MODE="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+        AIRFLOW__CORE__TEST_CONNECTION="Enabled",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{USERNAME}:admin",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
+        AIRFLOW__API__HOST="127.0.0.1",
+        AIRFLOW__API__PORT=str(port),
+        AIRFLOW__API__BASE_URL=url,
+        AIRFLOW__API_AUTH__JWT_SECRET=os.urandom(16).hex(),
+        # Compiled bytecode goes to a cache outside the repository and the venv (whose installer wrote none), so
+        # the api-server, the generation run and the hook check do not each recompile Airflow from source.
+        PYTHONPYCACHEPREFIX=os.environ.get("SORA2_UI_PYCACHE", str(Path.home() / ".cache" / "sora2-ui-pycache")),
+    )
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    airflow = UiAirflow(home=home, env=env, url=url, output_uri=output_uri)
+    airflow.cli("db", "migrate")
+    try:
+        airflow.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
+        # The generation run needs no server: it runs the task in-process against the same DB (dag.test()),
+        # with its own environment-variable connection, while the api-server boots.
+        aws = {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+        }
+        run_env = {
+            **env,
+            "AIRFLOW_CONN_SORA2_DEFAULT": connection_json(ui_emulator.url, api_key=RUN_API_KEY),
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
+        }
+        airflow.start("dags-test", "dags", "test", DAG_ID, env=run_env)
+        wait_for("a healthy api-server", airflow.healthy, timeout=SERVER_DEADLINE)
+        yield airflow
+    finally:
+        airflow.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_context(ui_airflow: UiAirflow) -> Iterator[Any]:
+    """Headless Debian Chromium with a fresh profile, driven by Playwright (sync API)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make test-ui`, which installs Debian's chromium package")
+    profile = Path(tempfile.mkdtemp(prefix="sora2-ui-chromium-"))
+    expect.set_options(timeout=30_000)
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                str(profile),
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_FLAGS,
+                viewport=VIEWPORT,  # type: ignore[arg-type]
+            )
+            context.set_default_timeout(30_000)
+            try:
+                yield context
+            finally:
+                context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def page(browser_context: Any, ui_airflow: UiAirflow) -> Any:
+    """One browser tab, signed in as the known user through the simple auth manager's login form."""
+    from playwright.sync_api import expect
+
+    tab = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+    tab.goto(f"{ui_airflow.url}/")
+    expect(tab.get_by_role("heading", name="Sign into Airflow")).to_be_visible()
+    tab.get_by_label("Username").fill(USERNAME)
+    tab.get_by_label("Password").fill(PASSWORD)
+    tab.get_by_role("button", name="Sign in").click()
+    expect(tab.get_by_role("button", name="Admin")).to_be_visible()
+    return tab
