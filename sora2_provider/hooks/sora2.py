@@ -480,7 +480,7 @@ class Sora2Hook(BaseHook):
                 status_code=response.status_code,
                 segmind_message=self._redact(error_text(response)),
             )
-        self.log.info("Submitted %s job %s", request.model, request_id)
+        self.log.debug("Submitted %s job %s", request.model, request_id)
         return SubmittedJob(
             request_id=request_id,
             status=str(body.get("status") or "QUEUED"),

@@ -1,0 +1,272 @@
+"""The example DAGs on a real Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor, SQLite).
+
+Runs are triggered through the REST API and awaited with deadlines. The three one-video DAGs run at once, then
+the batch runs alone, so the emulator's view of concurrent jobs belongs to the batch only.
+
+Signals used:
+- deferral: the generate task's worker log says ``Pausing task as DEFERRED.`` and *then* stores the video (the
+  resumed half, same try), and the triggerer wrote the trigger's own log file for that try
+  (``attempt=<n>.log.trigger.<triggerer job id>.log``) naming the job and ending with ``trigger completed``. The
+  metadata DB keeps no trace once the task is done (``next_method`` and ``trigger_id`` are cleared, the trigger
+  row deleted), so the logs are the record. A second try is accepted only when the scheduler logged Airflow's
+  own defer race for that task instance (see ``AIRFLOW_DEFER_RACE`` in support.py); one charge per video must
+  hold even then.
+- charges and concurrency: the emulator's ledger (``GET /_emulator/ledger``): one charged job per stored video,
+  and ``running_jobs_peak``, the most jobs QUEUED or PROCESSING at one moment; for the pool, also the overlap
+  of the mapped task instances' start and end dates (deferral included), which does not depend on timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+from tests.e2e.support import S3_BUCKET, AirflowCluster
+from tests.support import TEST_API_KEY, probe_mp4
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+
+DAILY = "sora2_daily_video"
+DAILY_S3 = "sora2_daily_video_s3"
+IMAGE = "sora2_image_to_video"
+BATCH = "sora2_batch"
+RUN_DATE = "2025-06-01"
+RUN_DEADLINE = 180  # seconds; a run takes 20 to 60 s here
+
+
+@dataclass
+class Runs:
+    run_ids: dict[str, str]
+    states: dict[str, str]
+    ledger: dict[str, Any]
+
+
+def emulator_ledger(emulator: Any) -> dict[str, Any]:
+    """The emulator's ledger through its HTTP control: ledger, charges, running_jobs_peak."""
+    response = requests.get(f"{emulator.url}/_emulator/ledger", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def single_runs(airflow_cluster: AirflowCluster, e2e_emulator: Any) -> Runs:
+    """The daily DAG (file and S3, dated RUN_DATE) and the image DAG (no logical date), run at the same time."""
+    run_ids = {
+        DAILY: airflow_cluster.trigger(DAILY, f"{RUN_DATE}T00:00:00Z"),
+        DAILY_S3: airflow_cluster.trigger(DAILY_S3, f"{RUN_DATE}T00:00:00Z"),
+        IMAGE: airflow_cluster.trigger(IMAGE, None),
+    }
+    started = time.monotonic()
+    states = airflow_cluster.wait_for_runs(run_ids, timeout=RUN_DEADLINE)
+    print(f"{', '.join(run_ids)}: {states} in {time.monotonic() - started:.0f} s")
+    return Runs(run_ids, states, emulator_ledger(e2e_emulator))
+
+
+@pytest.fixture(scope="module")
+def batch_run(airflow_cluster: AirflowCluster, e2e_emulator: Any) -> Runs:
+    """The batch DAG alone, after the single runs, on a reset emulator (its ledger and peak are the batch's)."""
+    requests.post(f"{e2e_emulator.url}/_emulator/reset", timeout=10).raise_for_status()
+    run_ids = {BATCH: airflow_cluster.trigger(BATCH, f"{RUN_DATE}T00:00:00Z")}
+    started = time.monotonic()
+    states = airflow_cluster.wait_for_runs(run_ids, timeout=RUN_DEADLINE)
+    print(f"{BATCH}: {states} in {time.monotonic() - started:.0f} s")
+    return Runs(run_ids, states, emulator_ledger(e2e_emulator))
+
+
+def assert_run_succeeded(cluster: AirflowCluster, runs: Runs, dag_id: str) -> dict[str, dict[str, Any]]:
+    tis = cluster.task_instances(dag_id, runs.run_ids[dag_id])
+    states = {task: ti["state"] for task, ti in tis.items()}
+    assert runs.states[dag_id] == "success", f"{dag_id}: {states}\n{cluster.diagnose(runs.run_ids)}"
+    assert set(states.values()) == {"success"}, states
+    return tis
+
+
+def assert_valid_video(data: bytes, xcom: dict[str, Any]) -> None:
+    width, height = map(int, xcom["size"].split("x"))
+    assert probe_mp4(data)[:2] == (width, height)
+    assert len(data) == xcom["bytes"]
+    assert hashlib.sha256(data).hexdigest() == xcom["sha256"]
+
+
+def assert_deferred(cluster: AirflowCluster, dag_id: str, run_id: str, request_id: str, map_index: int = -1) -> None:
+    """The task deferred on the worker, the triggerer ran its trigger, and the task resumed to store the video.
+
+    Read from the last try's logs; an earlier try is accepted only when Airflow's defer race explains it."""
+    files = cluster.task_log_files(dag_id, run_id, "generate_video", map_index)
+    tries = {int(m[1]): p for p in files if (m := re.fullmatch(r"attempt=(\d+)\.log", p.name))}
+    assert tries, f"no worker log for {dag_id}/{run_id}/generate_video[{map_index}]: {files}"
+    races = cluster.defer_races(dag_id, run_id, map_index)
+    assert len(tries) - 1 <= races, f"retries of {dag_id}/{run_id}/generate_video[{map_index}]: {files}"
+    last = tries[max(tries)]
+    trigger_logs = [p for p in files if re.fullmatch(re.escape(last.name) + r"\.trigger\.\d+\.log", p.name)]
+    assert trigger_logs, f"no triggerer log for the last try of {dag_id}/{run_id}/generate_video[{map_index}]: {files}"
+    worker = _events(last)
+    deferred = _index(worker, "Pausing task as DEFERRED")
+    stored = _index(worker, "Stored ")
+    assert 0 <= deferred < stored, f"expected deferral, then the resumed task storing the video: {worker}"
+    trigger = _events(trigger_logs[0])
+    assert any(request_id in event and "ended: completed" in event for event in trigger), trigger
+    assert trigger[-1] == "trigger completed", trigger
+
+
+def peak_overlap(spans: list[tuple[str, str]]) -> int:
+    """Most intervals open at one moment (ISO timestamps; an end sorts before a start at the same time)."""
+    events = sorted([(_instant(start), 1) for start, _ in spans] + [(_instant(end), -1) for _, end in spans])
+    peak = running = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+def _instant(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
+def _events(path: Path) -> list[str]:
+    """The messages of a JSON-lines task log."""
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(str(json.loads(line).get("event", "")).strip())
+        except ValueError:
+            events.append(line)
+    return events
+
+
+def _index(events: list[str], prefix: str) -> int:
+    return next((i for i, event in enumerate(events) if event.startswith(prefix)), -1)
+
+
+# ---------------------------------------------------------------------------------------------- single videos
+
+
+def test_daily_video_in_file_storage(airflow_cluster: AirflowCluster, single_runs: Runs) -> None:
+    tis = assert_run_succeeded(airflow_cluster, single_runs, DAILY)
+    run_id = single_runs.run_ids[DAILY]
+    xcom = airflow_cluster.xcom(DAILY, run_id, "generate_video")
+    expected = airflow_cluster.output_root / "daily" / RUN_DATE / "video.mp4"
+    assert xcom["uri"] == expected.as_uri()
+    assert_valid_video(expected.read_bytes(), xcom)
+    races = airflow_cluster.defer_races(DAILY, run_id)  # a retry after Airflow's race resumes the paid job
+    assert xcom["decision"] == ("resumed" if races else "new_submit") and xcom["cost"] == 0.8
+    checked = airflow_cluster.xcom(DAILY, run_id, "check_stored_video")
+    assert checked == {"uri": xcom["uri"], "bytes": xcom["bytes"], "request_id": xcom["request_id"], "cost": 0.8}
+    credits = airflow_cluster.xcom(DAILY, run_id, "wait_for_credits")
+    assert credits["required"] == 0.8 and credits["available"] >= 0.8
+    assert tis["generate_video"]["try_number"] == 1 + races
+
+
+def test_daily_video_in_s3(airflow_cluster: AirflowCluster, single_runs: Runs, s3_server: str) -> None:
+    assert_run_succeeded(airflow_cluster, single_runs, DAILY_S3)
+    xcom = airflow_cluster.xcom(DAILY_S3, single_runs.run_ids[DAILY_S3], "generate_video")
+    key = f"daily/{RUN_DATE}/video.mp4"
+    assert xcom["uri"] == f"s3://aws_default@{S3_BUCKET}/{key}"
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    assert_valid_video(s3.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read(), xcom)
+    listed = [obj["Key"] for obj in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"daily/{RUN_DATE}/")["Contents"]]
+    stray = [name for name in listed if name != key and "/_sora2_state/" not in name]
+    assert not stray, f"objects other than the video and its state record: {stray}"
+    assert not s3.list_multipart_uploads(Bucket=S3_BUCKET).get("Uploads"), "an unfinished multipart upload is left"
+
+
+def test_image_to_video_uploads_the_private_image(
+    airflow_cluster: AirflowCluster, single_runs: Runs, e2e_emulator: Any
+) -> None:
+    """A file in object storage (not a URL) goes to Segmind through the upload API; the path falls back to run_after."""
+    assert_run_succeeded(airflow_cluster, single_runs, IMAGE)
+    run_id = single_runs.run_ids[IMAGE]
+    run = airflow_cluster.api("GET", f"/dags/{IMAGE}/dagRuns/{run_id}")
+    assert run["logical_date"] is None
+    run_date = _instant(run["run_after"]).strftime("%Y-%m-%d")
+    xcom = airflow_cluster.xcom(IMAGE, run_id, "generate_video")
+    expected = airflow_cluster.output_root / "image_to_video" / run_date / "video.mp4"
+    assert xcom["uri"] == expected.as_uri()
+    assert_valid_video(expected.read_bytes(), xcom)
+
+    image = airflow_cluster.output_root / "reference" / "sample-720x1280.png"
+    assert airflow_cluster.xcom(IMAGE, run_id, "reference_image") == image.as_uri()
+    history = requests.get(
+        f"{e2e_emulator.url}/inference-request/request-history/{xcom['request_id']}",
+        headers={"x-api-key": TEST_API_KEY},
+        timeout=10,
+    ).json()
+    reference = history["request_body"]["input_reference"]
+    assert reference.startswith(f"{e2e_emulator.url}/assets/"), reference
+    assert requests.get(reference, timeout=10).content == image.read_bytes()
+    uploads = [call for call in e2e_emulator.request_log if call["endpoint"] == "upload"]
+    assert [call["status"] for call in uploads] == [200]
+
+
+@pytest.mark.parametrize("dag_id", [DAILY, DAILY_S3, IMAGE])
+def test_generate_task_deferred(airflow_cluster: AirflowCluster, single_runs: Runs, dag_id: str) -> None:
+    run_id = single_runs.run_ids[dag_id]
+    request_id = airflow_cluster.xcom(dag_id, run_id, "generate_video")["request_id"]
+    assert_deferred(airflow_cluster, dag_id, run_id, request_id)
+
+
+def test_one_charge_per_video(airflow_cluster: AirflowCluster, single_runs: Runs) -> None:
+    xcoms = [airflow_cluster.xcom(dag_id, run_id, "generate_video") for dag_id, run_id in single_runs.run_ids.items()]
+    ledger = single_runs.ledger["ledger"]
+    assert sorted(job["request_id"] for job in ledger) == sorted(x["request_id"] for x in xcoms), ledger
+    assert single_runs.ledger["charges"] == {x["request_id"]: x["cost"] for x in xcoms}
+    assert all(job["status"] == "COMPLETED" and job["api"] == "v2" for job in ledger), ledger
+
+
+# ---------------------------------------------------------------------------------------------- the batch
+
+
+def test_batch_runs_at_most_pool_size_jobs_at_once(airflow_cluster: AirflowCluster, batch_run: Runs) -> None:
+    tis = assert_run_succeeded(airflow_cluster, batch_run, BATCH)
+    run_id = batch_run.run_ids[BATCH]
+    mapped = {name: ti for name, ti in tis.items() if name.startswith("generate_video[")}
+    assert len(mapped) == 5
+    assert {ti["pool"] for ti in mapped.values()} == {"sora2"}
+
+    # At the emulator: never more than two jobs QUEUED or PROCESSING at once.
+    peak = batch_run.ledger["running_jobs_peak"]
+    assert 1 <= peak <= 2, f"{peak} Sora 2 jobs rendered at once with a pool of 2"
+    # In Airflow: never more than two generate tasks between their start and their end, deferral included
+    # (a pool without include_deferred lets four overlap here, however fast or slow the machine).
+    spans = [(ti["start_date"], ti["end_date"]) for ti in mapped.values()]
+    assert peak_overlap(spans) <= 2, spans
+
+    # One sensor sized for the whole batch: 5 x 4 s of sora-2 at 0.10 credits/s.
+    assert airflow_cluster.xcom(BATCH, run_id, "wait_for_credits")["required"] == pytest.approx(2.0)
+    xcoms = [airflow_cluster.xcom(BATCH, run_id, "generate_video", map_index=i) for i in range(5)]
+    prompts = [ti["rendered_fields"]["prompt"] for _, ti in sorted(mapped.items(), key=lambda kv: kv[1]["map_index"])]
+    assert [x["prompt"] for x in xcoms] == prompts and len(set(prompts)) == 5
+    for index, xcom in enumerate(xcoms):
+        path = airflow_cluster.output_root / "batch" / RUN_DATE / f"{index}.mp4"
+        assert xcom["uri"] == path.as_uri()
+        assert_valid_video(path.read_bytes(), xcom)
+        assert_deferred(airflow_cluster, BATCH, run_id, xcom["request_id"], map_index=index)
+
+    ledger = batch_run.ledger["ledger"]
+    assert batch_run.ledger["charges"] == {x["request_id"]: 0.4 for x in xcoms}
+    assert sorted(job["prompt"] for job in ledger) == sorted(prompts)
+    summary = airflow_cluster.xcom(BATCH, run_id, "summarize")
+    assert summary == {"videos": [x["uri"] for x in xcoms], "total_cost": 2.0}
+
+
+# ---------------------------------------------------------------------------------------------- hygiene
+
+
+def test_api_key_never_written_by_airflow(airflow_cluster: AirflowCluster, batch_run: Runs) -> None:
+    """Task, trigger and process logs, state records and outputs: none holds the key (the DB is skipped)."""
+    leaks = [
+        str(path)
+        for path in airflow_cluster.home.rglob("*")
+        if path.is_file() and not path.name.startswith("airflow.db") and TEST_API_KEY.encode() in path.read_bytes()
+    ]
+    assert not leaks
