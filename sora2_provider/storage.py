@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from fsspec.implementations.local import LocalFileSystem, get_umask
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 MP4_SIGNATURE = b"ftyp"
 READ_CHUNK = 1024 * 1024
+WRITE_BLOCK_SIZE = 8 * 1024 * 1024  # object-store part size: bounds memory (s3fs buffers 50 MiB by default)
 
 
 def to_object_storage_path(value: Any, field_name: str = "output_path") -> ObjectStoragePath:
@@ -49,18 +55,43 @@ def known_schemes() -> set[str]:
 def atomic_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
     """Open ``path`` for writing so the object appears only complete, or not at all.
 
-    Uses fsspec's transactional files (``autocommit=False``): a local file is written under a temporary
-    name and moved into place on commit; an S3 multipart upload stays invisible until it is completed.
-    On any error the temporary data is discarded and nothing is left at ``path``.
+    A local file is written under a hidden temporary name in its own directory and renamed into place
+    (a rename within one filesystem is atomic; fsspec's local transactions stage in the system temp dir,
+    and moving from there to another filesystem is a copy that readers see half done). Elsewhere fsspec's
+    transactional files (``autocommit=False``) are used: an S3 multipart upload stays invisible until it is
+    completed, in parts of ``WRITE_BLOCK_SIZE``. On any error, the final upload and commit included, the
+    temporary data is discarded (the multipart upload aborted) and nothing is left at ``path``.
     """
-    handle = path.fs.open(path.path, "wb", autocommit=False)
+    if isinstance(path.fs, LocalFileSystem):
+        with _local_atomic_writer(Path(path.path)) as local:
+            yield local
+        return
+    handle = path.fs.open(path.path, "wb", autocommit=False, block_size=WRITE_BLOCK_SIZE)
     try:
         yield handle
+        handle.close()  # uploads the last part: may fail too, and then the upload must be aborted as well
+        handle.commit()
     except BaseException:
-        handle.discard()
+        with suppress(Exception):  # the original error is the one to report
+            handle.discard()
         raise
-    handle.close()
-    handle.commit()
+
+
+@contextmanager
+def _local_atomic_writer(target: Path) -> Iterator[IO[bytes]]:
+    """Stage in ``.<name>.<random>.part`` beside ``target``, then rename it over ``target``."""
+    fd, staged = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(staged, 0o666 & ~get_umask())
+        os.replace(staged, target)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(staged)
+        raise
 
 
 def inspect_video(path: ObjectStoragePath) -> tuple[int, str] | None:

@@ -131,9 +131,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
             raise _fail(f"the job record at {job.store.record_path} vanished while the task was deferred")
         self._raise_if_failed(job, event)
         if event.get("status") == "error":
-            from airflow.sdk.exceptions import AirflowException
-
-            raise AirflowException(f"waiting for Sora 2 job {request_id} failed: {event.get('message')}")
+            raise _wait_failed(request_id, event)
         return self._store(context, hook, job, record)
 
     def on_kill(self) -> None:
@@ -278,7 +276,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         job.sent_request = request
         if self.mode == "sync":
             return record
-        submitted = _call(hook.submit, request)
+        submitted = self._paid_call(job, hook.submit, request)
         record = record.with_request(submitted.request_id)
         job.store.write(record)
         self.log.info(
@@ -290,6 +288,19 @@ class Sora2GenerateVideoOperator(BaseOperator):
             request.estimated_cost,
         )
         return record
+
+    @staticmethod
+    def _paid_call(job: _Job, method: Any, *args: Any) -> Any:
+        """Call a paid endpoint; when Segmind refused it with a 4xx (401, 406, 410...), no job exists: drop the
+        intent record too."""
+        from sora2_provider.exceptions import Sora2Error
+
+        try:
+            return method(*args)
+        except Sora2Error as err:
+            if not err.retryable and 400 <= (err.status_code or 0) < 500:
+                job.store.delete()
+            raise _translate(err) from None
 
     # ------------------------------------------------------------------ waiting
 
@@ -308,7 +319,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         event = self._poll(hook, record.request_id, remaining)
         self._raise_if_failed(job, event)
         if event["status"] == "error":
-            raise _retryable(f"waiting for Sora 2 job {record.request_id} failed: {event['message']}")
+            raise _wait_failed(record.request_id, event)
         return self._store(context, hook, job, record)
 
     def _remaining(self, record: JobRecord) -> timedelta:
@@ -416,7 +427,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         started = time.monotonic()
         job.output.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(job.output) as handle:
-            result = _call(hook.generate_sync, request, handle)
+            result = self._paid_call(job, hook.generate_sync, request, handle)
         self._log_transfer(result.download.bytes, time.monotonic() - started, job.uri)
         xcom = {
             **job.describe(),
@@ -497,6 +508,7 @@ class _Job:
         hook = Sora2Hook(sora2_conn_id=self.operator.sora2_conn_id)
         try:
             hook.get_conn()
+            _check_connection(hook)
         except (Sora2Error, ValueError) as err:
             raise _fail(str(err)) from None
         except Exception as err:  # Airflow's "connection isn't defined"
@@ -533,6 +545,25 @@ class _Job:
 # ---------------------------------------------------------------------- helpers
 
 
+def _check_connection(hook: Sora2Hook) -> None:
+    """Hosts that requests can reach and numeric extras, checked before anything is sent (ValueError if not)."""
+    from urllib.parse import urlsplit
+
+    _ = (hook.timeouts, hook.retry_backoff)  # each raises ValueError naming a bad extra
+    hosts = {"host": hook.base_url, "upload_host": hook.upload_url, "history_host": hook.history_url}
+    for field, url in hosts.items():
+        try:
+            parts = urlsplit(url)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a bad port or IPv6 literal
+            usable = False
+        if not usable or any(ch.isspace() for ch in url):
+            raise ValueError(
+                f"connection {hook.sora2_conn_id!r}: {field} {url!r} is not a usable URL; allowed values: an http(s) "
+                "URL such as 'https://api.segmind.com' (or empty for Segmind's own hosts)"
+            )
+
+
 def _video_request(prompt: Any, model: Any, duration: Any, size: Any, input_reference: Any) -> VideoRequest:
     """Validate through models.py; a path ``input_reference`` must point at an existing image."""
     from sora2_provider.models import VideoRequest
@@ -553,7 +584,10 @@ def _check_image_path(value: Any) -> None:
 
     if isinstance(value, str) and "://" not in value:
         value = "file://" + value if value.startswith("/") else value
-    path = to_object_storage_path(value, "input_reference")
+    try:
+        path = to_object_storage_path(value, "input_reference")
+    except ValueError as err:
+        raise ValueError(f"{err}; input_reference also takes an http(s) image URL or an absolute path") from None
     if not path.is_file():
         raise ValueError(f"input_reference: {value!s} does not exist; give an http(s) URL or an existing image path")
 
@@ -607,6 +641,17 @@ def _retryable(message: str) -> Exception:
     from airflow.sdk.exceptions import AirflowException
 
     return AirflowException(message)
+
+
+def _wait_failed(request_id: str, event: dict[str, Any]) -> Exception:
+    """A wait that ended in an error: retryable (outage) or not (refused key); the job record stays either way."""
+    message = f"waiting for Sora 2 job {request_id} failed: {event.get('message')}"
+    if event.get("retryable", True):
+        return _retryable(message)
+    return _fail(
+        f"{message}. A retry cannot fix this; the job record is kept, so clearing the task once the cause is "
+        "fixed collects the job already paid for"
+    )
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:

@@ -49,7 +49,7 @@ class JobWatch:
         if error.retryable and self.transient_errors + 1 < self.max_transient_errors:
             self.transient_errors += 1
             return None
-        return self._event("error", message=str(error))
+        return self._event("error", message=str(error), retryable=error.retryable)
 
     @property
     def elapsed(self) -> float:
@@ -63,7 +63,8 @@ class Sora2JobTrigger(BaseTrigger):
     """Poll a Sora 2 job's status until it is COMPLETED or FAILED, without blocking the event loop.
 
     Yields one event: ``{"status": "completed" | "failed" | "not_found" | "error", "request_id": ...,
-    "message"?: ..., "metrics"?: ...}``. Its kwargs hold no secret: the hook reads the key from the
+    "message"?: ..., "metrics"?: ..., "retryable"?: ...}`` (``retryable`` with ``error``: whether a retry
+    can help, False for a refused key). Its kwargs hold no secret: the hook reads the key from the
     connection inside the triggerer.
 
     :param request_id: the Segmind request id returned by the submit.
