@@ -35,6 +35,10 @@ class Sora2Error(Exception):
         super().__init__(" | ".join(parts))
 
 
+class Sora2ConfigError(Sora2Error):
+    """The ``sora2`` connection is missing or unusable (no key, a host that is not an http(s) URL, a bad extra)."""
+
+
 class Sora2AuthError(Sora2Error):
     """401/403: the API key is missing or wrong, or the model is not allowed for the account."""
 

@@ -18,15 +18,9 @@ def get_provider_info() -> dict:
                 "tags": ["ai"],
             }
         ],
-        "hooks": [
-            {"integration-name": "Segmind Sora 2", "python-modules": ["sora2_provider.hooks.sora2"]}
-        ],
-        "operators": [
-            {"integration-name": "Segmind Sora 2", "python-modules": ["sora2_provider.operators.sora2"]}
-        ],
-        "sensors": [
-            {"integration-name": "Segmind Sora 2", "python-modules": ["sora2_provider.sensors.credits"]}
-        ],
+        "hooks": [{"integration-name": "Segmind Sora 2", "python-modules": ["sora2_provider.hooks.sora2"]}],
+        "operators": [{"integration-name": "Segmind Sora 2", "python-modules": ["sora2_provider.operators.sora2"]}],
+        "sensors": [{"integration-name": "Segmind Sora 2", "python-modules": ["sora2_provider.sensors.credits"]}],
         "triggers": [
             {
                 "integration-name": "Segmind Sora 2",

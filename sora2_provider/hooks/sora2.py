@@ -36,6 +36,7 @@ from urllib3.exceptions import ConnectTimeoutError
 
 from sora2_provider.exceptions import (
     Sora2AuthError,
+    Sora2ConfigError,
     Sora2DownloadError,
     Sora2Error,
     Sora2InsufficientCreditsError,
@@ -151,6 +152,20 @@ def _never_sent(err: requests.RequestException) -> bool:
     return isinstance(err, requests.ConnectionError) and isinstance(reason, ConnectTimeoutError)
 
 
+def _usable_url(url: str) -> bool:
+    """An http(s) URL with a host, a valid port and no white space."""
+    try:
+        parts = urlsplit(url)
+        return (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and parts.port != 0
+            and not any(ch.isspace() for ch in url)
+        )
+    except ValueError:  # a bad port or IPv6 literal
+        return False
+
+
 def _host_url(host: str | None, schema: str | None = None, port: int | None = None) -> str | None:
     """A base URL from a connection host: keeps a given scheme, else ``schema`` or https; adds ``port``."""
     host = (host or "").strip().rstrip("/")
@@ -242,8 +257,29 @@ class Sora2Hook(BaseHook):
     def connection(self) -> Connection:
         """The Airflow connection, looked up once on first use."""
         if self._conn is None:
-            self._conn = self.get_connection(self.sora2_conn_id)
+            try:
+                self._conn = self.get_connection(self.sora2_conn_id)
+            except Exception as err:  # Airflow's "isn't defined" error differs between versions and contexts
+                raise Sora2ConfigError(
+                    f"sora2_conn_id: connection {self.sora2_conn_id!r} is not defined ({type(err).__name__}); "
+                    "create a 'sora2' connection whose password is the Segmind API key"
+                ) from None
         return self._conn
+
+    def validate_connection(self) -> None:
+        """Refuse, before anything is sent, a connection no request could use: each host must be an http(s) URL
+        and the numeric extras numbers. Raises :class:`Sora2ConfigError` naming the field."""
+        try:
+            _ = (self.timeouts, self.retry_backoff)
+        except ValueError as err:
+            raise Sora2ConfigError(str(err)) from None
+        hosts = {"host": self.base_url, "upload_host": self.upload_url, "history_host": self.history_url}
+        for field, url in hosts.items():
+            if not _usable_url(url):
+                raise Sora2ConfigError(
+                    f"connection {self.sora2_conn_id!r}: {field} {url!r} is not a usable URL; allowed values: an "
+                    "http(s) URL such as 'https://api.segmind.com' (or empty for Segmind's own hosts)"
+                )
 
     @property
     def base_url(self) -> str:
@@ -295,6 +331,7 @@ class Sora2Hook(BaseHook):
         key = (self.connection.password or "").strip()
         if not key:
             raise Sora2AuthError(f"connection {self.sora2_conn_id!r} has no API key: put the Segmind key in password")
+        self.validate_connection()
         from airflow.sdk.log import mask_secret
 
         mask_secret(key)
@@ -678,7 +715,10 @@ class Sora2Hook(BaseHook):
     async def _aconnection(self) -> None:
         """Look the connection up with the async API, so the worker threads below never need to."""
         if self._conn is None:
-            self._conn = await self.aget_connection(self.sora2_conn_id)
+            try:
+                self._conn = await self.aget_connection(self.sora2_conn_id)
+            except Exception:
+                await asyncio.to_thread(lambda: self.connection)  # raises Sora2ConfigError naming the connection
 
     async def aget_status(self, request_id: str) -> JobStatus:
         """:meth:`get_status` in a worker thread: the event loop never blocks."""

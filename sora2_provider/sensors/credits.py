@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 
-from sora2_provider.exceptions import Sora2TransientError
+from sora2_provider.exceptions import Sora2Error, Sora2TransientError
 from sora2_provider.models import plan_cost
-from sora2_provider.triggers.credits import FATAL_CREDIT_ERRORS, CreditCheck, CreditsTrigger, credit_error_message
+from sora2_provider.triggers.credits import CreditCheck, CreditsTrigger, credit_error_message
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -108,11 +108,11 @@ class CreditsSensor(BaseSensorOperator):
         """The balance, or ``None`` after a transient error (logged; the sensor keeps waiting)."""
         try:
             return self.hook.get_credits()
-        except FATAL_CREDIT_ERRORS as err:
-            raise AirflowFailException(credit_error_message(err, self.sora2_conn_id)) from err
         except Sora2TransientError as err:
             self.log.warning("Could not read the Segmind balance, still waiting: %s", err)
             return None
+        except Sora2Error as err:  # a refused key, no credit record, an unusable connection: waiting cannot help
+            raise AirflowFailException(credit_error_message(err, self.sora2_conn_id)) from err
 
     def poke(self, context: Context) -> PokeReturnValue:
         required = self._required_credits()

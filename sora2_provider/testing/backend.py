@@ -19,7 +19,16 @@ from typing import Any
 from sora2_provider.models import DEFAULT_DURATION, MODELS, VideoRequest
 
 ENDPOINTS = (
-    "submit_v2", "submit_v1", "status", "result", "download", "credits", "upload", "asset", "history", "history_item",
+    "submit_v2",
+    "submit_v1",
+    "status",
+    "result",
+    "download",
+    "credits",
+    "upload",
+    "asset",
+    "history",
+    "history_item",
 )
 FAULT_KINDS = ("status", "reset", "slow", "truncate", "fail_job", "submit_502_after_create", "submit_drop_after_create")
 FAULT_ENDPOINTS = {
@@ -240,8 +249,18 @@ class EmulatorState:
 
     # -- faults ---------------------------------------------------------------------------------------
 
-    def add_fault(self, endpoint: str, kind: str, *, on_call: int = 1, times: int = 1, status: int | None = None,
-                  message: str | None = None, delay: float | None = None, after_bytes: int | None = None) -> None:
+    def add_fault(
+        self,
+        endpoint: str,
+        kind: str,
+        *,
+        on_call: int = 1,
+        times: int = 1,
+        status: int | None = None,
+        message: str | None = None,
+        delay: float | None = None,
+        after_bytes: int | None = None,
+    ) -> None:
         """Make calls ``on_call`` .. ``on_call + times - 1`` of ``endpoint`` (counted from now) misbehave."""
         _check_fault(endpoint, kind, on_call, times, status, delay, after_bytes)
         with self.lock:
@@ -311,8 +330,9 @@ class EmulatorState:
         """Charge, in completion order, every job whose completion time has passed and is not charged yet."""
         now = time.time() if now is None else now
         with self.lock:
-            due = sorted((j for j in self.jobs.values() if not j.settled and j.finished_at <= now),
-                         key=lambda j: j.finished_at)
+            due = sorted(
+                (j for j in self.jobs.values() if not j.settled and j.finished_at <= now), key=lambda j: j.finished_at
+            )
             for job in due:
                 job.settled = True
                 if not job.fail_message:
@@ -501,8 +521,9 @@ def _choice_param(params: dict[str, str], name: str, default: str | None, allowe
     return raw
 
 
-def _check_fault(endpoint: str, kind: str, on_call: int, times: int, status: int | None, delay: float | None,
-                 after_bytes: int | None) -> None:
+def _check_fault(
+    endpoint: str, kind: str, on_call: int, times: int, status: int | None, delay: float | None, after_bytes: int | None
+) -> None:
     if endpoint not in ENDPOINTS:
         raise ValueError(f"endpoint: {endpoint!r} is not one of {', '.join(ENDPOINTS)}")
     if kind not in FAULT_KINDS:

@@ -122,8 +122,16 @@ class Sora2Emulator:
         if self._server is not None:
             return self
         config = uvicorn.Config(
-            self.app, host=self.host, port=self.port, log_level="warning",
-            access_log=False, lifespan="off", http="h11", loop="asyncio", ws="none", timeout_graceful_shutdown=1,
+            self.app,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http="h11",
+            loop="asyncio",
+            ws="none",
+            timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="sora2-emulator", daemon=True)
@@ -173,8 +181,18 @@ class Sora2Emulator:
         """Make ``model`` ``available``, ``retired`` (410) or ``forbidden`` (403); any slug may be given."""
         self._state.set_model_state(model, state)
 
-    def add_fault(self, endpoint: str, kind: str, *, on_call: int = 1, times: int = 1, status: int | None = None,
-                  message: str | None = None, delay: float | None = None, after_bytes: int | None = None) -> None:
+    def add_fault(
+        self,
+        endpoint: str,
+        kind: str,
+        *,
+        on_call: int = 1,
+        times: int = 1,
+        status: int | None = None,
+        message: str | None = None,
+        delay: float | None = None,
+        after_bytes: int | None = None,
+    ) -> None:
         """Make calls ``on_call`` .. ``on_call + times - 1`` of ``endpoint``, counted from now, misbehave.
 
         Endpoints: submit_v2, submit_v1, status, result, download, credits, upload, asset, history,
@@ -184,8 +202,16 @@ class Sora2Emulator:
         ends FAILED with ``message``), ``submit_502_after_create`` / ``submit_drop_after_create`` (submit_v2:
         the job is created, runs and is charged, but the answer is a 502 / a dropped connection).
         """
-        self._state.add_fault(endpoint, kind, on_call=on_call, times=times, status=status, message=message,
-                              delay=delay, after_bytes=after_bytes)
+        self._state.add_fault(
+            endpoint,
+            kind,
+            on_call=on_call,
+            times=times,
+            status=status,
+            message=message,
+            delay=delay,
+            after_bytes=after_bytes,
+        )
 
     def clear_faults(self) -> None:
         """Remove every queued fault (call counts keep running)."""
@@ -275,13 +301,15 @@ class _Api:
         if call.fault("submit_drop_after_create"):
             await self.drop(request)
         status_url = f"{_base_url(request)}/v2/requests/{job.request_id}/status"
-        return JSONResponse({
-            "request_id": job.request_id,
-            "status": "QUEUED",
-            "status_url": status_url,
-            "response_url": f"{_base_url(request)}/v2/requests/{job.request_id}",
-            "poll_url": status_url,
-        })
+        return JSONResponse(
+            {
+                "request_id": job.request_id,
+                "status": "QUEUED",
+                "status_url": status_url,
+                "response_url": f"{_base_url(request)}/v2/requests/{job.request_id}",
+                "poll_url": status_url,
+            }
+        )
 
     async def submit(self, request: Request, call: _Call, api: str) -> Job:
         model = request.path_params["model"]
@@ -326,8 +354,13 @@ class _Api:
         url = _output_url(request, job)
         _, size = await self.output_file(job)
         video = {"url": url, "content_type": "video/mp4", "file_name": f"{job.request_id}.mp4", "file_size": size}
-        body = {"status": "COMPLETED", "request_id": job.request_id, "output": url,
-                "metrics": job.metrics(time.time()), "video": video}
+        body = {
+            "status": "COMPLETED",
+            "request_id": job.request_id,
+            "output": url,
+            "metrics": job.metrics(time.time()),
+            "video": video,
+        }
         return JSONResponse(body)
 
     async def download(self, request: Request) -> Response:
@@ -340,8 +373,9 @@ class _Api:
         path = await asyncio.to_thread(mp4_file, *_dimensions(job.request.size), job.request.duration)
         return path, padded_size(path.stat().st_size, self.emulator.pad_output_to)
 
-    async def mp4_response(self, request: Request, job: Job, headers: dict[str, str], after_bytes: int | None,
-                           ranged: bool = False) -> Response:
+    async def mp4_response(
+        self, request: Request, job: Job, headers: dict[str, str], after_bytes: int | None, ranged: bool = False
+    ) -> Response:
         """The (padded) MP4, whole or one ``Range``, streamed chunk by chunk."""
         path, total = await self.output_file(job)
         start, stop, status = 0, total, 200
@@ -467,8 +501,9 @@ def _build_app(emulator: Sora2Emulator) -> Starlette:
         Route("/upload-asset", api.upload, methods=["POST"], name="upload"),
         Route("/assets/{name}", api.asset, methods=["GET"], name="asset"),
         Route("/inference-request/request-history", api.history, methods=["GET"], name="history"),
-        Route("/inference-request/request-history/{request_id}", api.history_item, methods=["GET"],
-              name="history_item"),
+        Route(
+            "/inference-request/request-history/{request_id}", api.history_item, methods=["GET"], name="history_item"
+        ),
         Route("/_emulator/balance", controls.balance, methods=["POST"]),
         Route("/_emulator/faults", controls.faults, methods=["POST"]),
         Route("/_emulator/faults", controls.clear_faults, methods=["DELETE"]),
@@ -497,7 +532,11 @@ class _RequestLog:
             await self.app(scope, receive, send)
             return
         entry = scope[_LOG_ENTRY] = {
-            "endpoint": None, "method": scope["method"], "path": scope["path"], "status": None, "dropped": False,
+            "endpoint": None,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": None,
+            "dropped": False,
             "time": time.time(),
         }
 
@@ -629,10 +668,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pad-output-to", type=int, default=None, help="serve MP4s padded to this many bytes")
     args = parser.parse_args(argv)
     emulator = Sora2Emulator(
-        args.host, args.port, time_scale=args.time_scale,
+        args.host,
+        args.port,
+        time_scale=args.time_scale,
         api_keys={key: args.balance for key in (args.api_key or [DEFAULT_API_KEY])},
-        free_credits=args.free_credits, rate_limit_rpm=args.rate_limit_rpm, rate_limit_window=args.rate_limit_window,
-        record_ttl_seconds=args.record_ttl_seconds, pad_output_to=args.pad_output_to,
+        free_credits=args.free_credits,
+        rate_limit_rpm=args.rate_limit_rpm,
+        rate_limit_window=args.rate_limit_window,
+        record_ttl_seconds=args.record_ttl_seconds,
+        pad_output_to=args.pad_output_to,
     )
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -14,12 +14,10 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from sora2_provider.exceptions import Sora2AuthError, Sora2NotFoundError, Sora2TransientError
+from sora2_provider.exceptions import Sora2AuthError, Sora2Error, Sora2NotFoundError, Sora2TransientError
+
 
 #: Errors that waiting cannot fix: a bad key (401/403) or an account with no credit record (404).
-FATAL_CREDIT_ERRORS: tuple[type[Exception], ...] = (Sora2AuthError, Sora2NotFoundError)
-
-
 @dataclass(frozen=True)
 class CreditCheck:
     """A balance compared with a requirement.
@@ -132,11 +130,11 @@ class CreditsTrigger(BaseTrigger):
         """One balance check: the event payload when done, ``None`` to keep waiting."""
         try:
             balance = await hook.aget_credits()
-        except FATAL_CREDIT_ERRORS as err:
-            return {"status": "error", "message": credit_error_message(err, self.sora2_conn_id)}
         except Sora2TransientError as err:
             self.log.warning("Could not read the Segmind balance (will retry): %s", err)
             return None
+        except Sora2Error as err:  # a refused key, no credit record, an unusable connection: waiting cannot help
+            return {"status": "error", "message": credit_error_message(err, self.sora2_conn_id)}
         check = CreditCheck.from_balance(balance, self.required, self.include_free_credits)
         self.log.info("%s", check.describe())
         self._last_check = check
@@ -160,6 +158,8 @@ def credit_error_message(err: Exception, sora2_conn_id: str) -> str:
     """A message telling the user what to fix for an error that waiting cannot cure."""
     if isinstance(err, Sora2AuthError):
         hint = f"the API key of connection {sora2_conn_id!r} was refused; fix the key"
-    else:
+    elif isinstance(err, Sora2NotFoundError):
         hint = f"Segmind has no credit record for the key of connection {sora2_conn_id!r}; check the account"
+    else:
+        hint = f"connection {sora2_conn_id!r} cannot be used; fix it"
     return f"Cannot read the Segmind balance: {hint} ({err})"

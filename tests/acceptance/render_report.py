@@ -59,16 +59,7 @@ FIXED = (
     "operator: `input_reference` without a scheme got the `output_path` example in its error; it now says what "
     "`input_reference` takes.",
 )
-PLANNED = {
-    "sensor_connection_missing": "`CreditsSensor` (sensors/credits.py `_read_balance`, and `CreditsTrigger`) lets "
-    "Airflow's `AirflowNotFoundException` for an undefined connection through, so the task retries. Planned: check "
-    "the connection once before the first poke (as the operator's `_Job.hook()` does) and raise "
-    "`AirflowFailException` naming `sora2_conn_id`.",
-    "sensor_connection_bad_host": "the hook (hooks/sora2.py `_host_url`/`get_conn`) does not validate the host; "
-    "requests' `InvalidURL` becomes a plain, non-transient `Sora2Error` that the sensor neither treats as fatal nor "
-    "as transient, so the task fails and retries. Planned: validate hosts and numeric extras in `Sora2Hook.get_conn()` "
-    "(the operator's `_check_connection` can then go) and treat a non-transient `Sora2Error` as fatal in the sensor.",
-}
+PLANNED: dict[str, str] = {}  # known misses by case id, with the planned fix; none open
 NOTES = (
     "The triggerer restart is simulated in-process: the trigger is cancelled mid-poll and a fresh one is built from "
     "its serialized kwargs, which is what a restarted triggerer does with the `trigger` table. The real "

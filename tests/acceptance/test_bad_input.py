@@ -122,12 +122,9 @@ CASES: tuple[Case, ...] = (
     Case("sensor_jobs_templated", "CreditsSensor jobs rendering to model 'sora-3'", "execute",
          sensor(jobs="{{ [{'model': 'sora-3', 'duration': 4}] }}"), ("jobs[0].model", MODELS)),
     Case("sensor_connection_missing", "CreditsSensor with sora2_conn_id='acc_missing'", "execute",
-         sensor(min_credits=1, sora2_conn_id="acc_missing"), ("acc_missing",),
-         xfail="the sensor lets Airflow's connection-not-found error through as a retryable failure"),
+         sensor(min_credits=1, sora2_conn_id="acc_missing"), ("acc_missing",)),
     Case("sensor_connection_bad_host", "CreditsSensor with connection host 'not a host'", "execute",
-         sensor(min_credits=1, sora2_conn_id="acc_bad_host_space"), ("host",),
-         xfail="the hook does not check the host; requests' InvalidURL becomes a plain Sora2Error that the "
-         "sensor does not treat as fatal, so the task retries"),
+         sensor(min_credits=1, sora2_conn_id="acc_bad_host_space"), ("host",)),
 )
 PARSE_CASES = tuple(c for c in CASES if c.kind == "parse")
 EXECUTE_CASES = tuple(c for c in CASES if c.kind == "execute")
