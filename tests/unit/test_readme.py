@@ -76,6 +76,15 @@ def test_connection_cli_example_creates_a_sora2_connection(airflow_db):
         subprocess.run([airflow, "connections", "delete", "sora2_default"], check=True, capture_output=True)
 
 
+def test_pool_example_creates_a_pool_counting_deferred_tasks(airflow_db):
+    (line,) = [c for c in bash_commands() if c.startswith("airflow pools set")]
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, *shlex.split(line)[1:]], check=True, capture_output=True)
+    out = subprocess.run([airflow, "pools", "get", "sora2", "-o", "json"], check=True, capture_output=True, text=True)
+    pool = json.loads(out.stdout)[0]
+    assert (pool["slots"], str(pool["include_deferred"])) == ("2", "True")
+
+
 @pytest.mark.parametrize("code", [c for c in blocks("python") if "with DAG(" in c], ids=lambda c: c.split('"')[1])
 def test_dag_examples_parse(dag_runner, code):
     from airflow.dag_processing.dagbag import DagBag
