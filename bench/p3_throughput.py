@@ -1,0 +1,206 @@
+"""P3 throughput: MB/s from the emulator into ``file://`` and moto S3, vs a raw ``requests`` stream-to-file loop.
+
+One process runs rounds of every variant in turn (so machine noise hits them alike) against an emulator and a
+moto server in processes of their own; the emulator pads every MP4 to the benchmark size.
+
+* raw: ``requests.get(url, stream=True)`` and ``iter_content(1 MiB)`` into a local file (the baseline);
+* operator -> file:// and -> s3://: ``Sora2GenerateVideoOperator.execute`` (``deferrable=False``); the time
+  is that of the atomic store of the MP4 (open, stream, close, commit), taken by wrapping
+  ``sora2_provider.storage.atomic_writer`` in this process;
+* raw + sha256, and raw + sha256 + fsync (context, no target): the raw loop also hashing every chunk, as the
+  hook does to report the video's sha256, and then also ``fsync``-ing the file before closing it, as
+  ``atomic_writer`` does before it renames a local file into place: the same work as the operator's;
+* raw -> moto (context, no target): the same ``requests`` stream handed to ``boto3.upload_fileobj``, i.e. what
+  moto itself can take.
+
+Target: operator >= 0.9x the raw stream-to-file loop (MB = 10^6 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Emulator,
+    MiB,
+    MotoS3,
+    Result,
+    bench_main,
+    connection_json,
+    ensure_airflow_env,
+    log,
+    median,
+    operator_context,
+    ratio,
+    s3_connection_json,
+    scratch_dir,
+)
+
+TITLE = "P3 throughput emulator -> store vs raw requests stream-to-file"
+TARGET_RATIO = 0.9
+S3_ROUNDS = 3  # a 256 MiB round to moto takes ~10 s
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size-mib", type=int, help="padded MP4 size (default 256; quick 32)")
+    parser.add_argument("--rounds", type=int, help="rounds of the local variants (default 5; quick 1); the S3 "
+                                                   "ones run in the first 3 of them")
+
+
+def run(result: Result, args: argparse.Namespace) -> None:
+    size = (args.size_mib or (32 if args.quick else 256)) * MiB
+    rounds = args.rounds or (1 if args.quick else 5)
+    s3_rounds = min(rounds, S3_ROUNDS)
+    result.params = {"mp4_bytes": size, "rounds_local": rounds, "rounds_s3": s3_rounds, "chunk": "1 MiB",
+                     "MB": "10^6 bytes", "statistic": "median of the rounds"}
+    ensure_airflow_env()
+    with scratch_dir("sora2-bench-p3-") as scratch:
+        emulator = Emulator(time_scale=0.001, pad_output_to=size, log_path=scratch / "emulator.log")
+        moto = MotoS3(log_path=scratch / "moto.log")
+        try:
+            os.environ["AIRFLOW_CONN_SORA2_DEFAULT"] = connection_json(emulator.url)
+            os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = s3_connection_json(moto.endpoint)
+            bench = _Variants(emulator, moto, scratch, size)
+            speeds: dict[str, list[float]] = {name: [] for name in bench.names}
+            for number in range(rounds):
+                for name in bench.names:
+                    if number >= s3_rounds and name in bench.s3_names:
+                        continue
+                    seconds = bench.run(name, number)
+                    speeds[name].append(size / 1e6 / seconds)
+                    log(f"P3 round {number + 1}/{rounds}: {name} {speeds[name][-1]:.0f} MB/s")
+        finally:
+            emulator.stop()
+            moto.stop()
+    best = {name: round(median(values), 1) for name, values in speeds.items()}
+    result.figures = {"mb_per_s": {k: [round(v, 1) for v in vs] for k, vs in speeds.items()}, "median": best}
+    raw = best["raw_stream_to_file"]
+    for name, label in (("operator_file", "file://"), ("operator_s3", "moto S3")):
+        result.check(f"P3 MB/s, operator -> {label}", best[name], "MB/s", baseline_name="raw stream-to-file",
+                     baseline=raw, ratio=ratio(best[name], raw), target=f">= {TARGET_RATIO}x baseline",
+                     passed=best[name] >= TARGET_RATIO * raw)
+    hashed = best["raw_stream_sha256"]
+    result.check("P3 MB/s, raw stream-to-file + sha256 of each chunk", hashed, "MB/s",
+                 baseline_name="raw stream-to-file", baseline=raw, ratio=ratio(hashed, raw))
+    durable = best["raw_stream_sha256_fsync"]
+    result.check("P3 MB/s, raw stream-to-file + sha256 + fsync (the operator's work)", durable, "MB/s",
+                 baseline_name="raw stream-to-file", baseline=raw, ratio=ratio(durable, raw))
+    ceiling = best["raw_stream_to_moto"]
+    result.check("P3 MB/s, raw stream -> boto3 -> moto (what moto takes)", ceiling, "MB/s",
+                 baseline_name="raw stream-to-file", baseline=raw, ratio=ratio(ceiling, raw))
+    result.notes.append(f"operator -> file:// reaches {best['operator_file'] / hashed:.2f}x of the raw loop that also "
+                        f"hashes, {best['operator_file'] / durable:.2f}x of the one that also hashes and fsyncs; "
+                        "per-round MB/s are in results.json")
+    result.notes.append(f"operator -> S3 reaches {best['operator_s3'] / ceiling:.2f}x of a raw boto3 upload to moto")
+
+
+class _Variants:
+    names = ("raw_stream_to_file", "operator_file", "raw_stream_sha256", "raw_stream_sha256_fsync", "operator_s3",
+             "raw_stream_to_moto")
+    s3_names = ("operator_s3", "raw_stream_to_moto")
+
+    def __init__(self, emulator: Emulator, moto: MotoS3, scratch: Path, size: int) -> None:
+        import requests
+
+        from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
+
+        self.emulator, self.moto, self.scratch, self.size = emulator, moto, scratch, size
+        self.session = requests.Session()
+        self.output_url = emulator.submit_and_wait()
+        self.store_seconds: list[float] = []
+        _time_atomic_stores(self.store_seconds)
+        self.operators = {
+            name: Sora2GenerateVideoOperator(task_id="generate", prompt="A red fox in fresh snow", output_path=uri,
+                                             duration=4, size="1280x720", deferrable=False, poll_interval=0.05,
+                                             overwrite=True)
+            for name, uri in (("operator_file", f"file://{scratch}/operator/out.mp4"),
+                              ("operator_s3", f"s3://aws_default@{moto.bucket}/p3/out.mp4"))
+        }
+        self.s3 = moto.client()
+
+    def run(self, name: str, number: int) -> float:
+        if name == "raw_stream_to_file":
+            return self._raw_to_file()
+        if name == "raw_stream_sha256":
+            return self._raw_to_file(hashed=True)
+        if name == "raw_stream_sha256_fsync":
+            return self._raw_to_file(hashed=True, synced=True)
+        if name == "raw_stream_to_moto":
+            return self._raw_to_moto()
+        return self._operator(name, number)
+
+    def _raw_to_file(self, hashed: bool = False, synced: bool = False) -> float:
+        import hashlib
+
+        path = self.scratch / "raw.mp4"
+        digest = hashlib.sha256()
+        started = time.perf_counter()
+        with self.session.get(self.output_url, stream=True, timeout=600) as answer, path.open("wb") as handle:
+            answer.raise_for_status()
+            for chunk in answer.iter_content(MiB):
+                handle.write(chunk)
+                if hashed:
+                    digest.update(chunk)
+            if synced:
+                handle.flush()
+                os.fsync(handle.fileno())
+        seconds = time.perf_counter() - started
+        self._expect(path.stat().st_size, "raw stream")
+        path.unlink()
+        return seconds
+
+    def _raw_to_moto(self) -> float:
+        started = time.perf_counter()
+        with self.session.get(self.output_url, stream=True, timeout=600) as answer:
+            answer.raise_for_status()
+            answer.raw.decode_content = True
+            self.s3.upload_fileobj(answer.raw, self.moto.bucket, "p3/raw.mp4")
+        seconds = time.perf_counter() - started
+        self._expect(self.moto.size("p3/raw.mp4"), "raw to moto")
+        self.s3.delete_object(Bucket=self.moto.bucket, Key="p3/raw.mp4")
+        return seconds
+
+    def _operator(self, name: str, number: int) -> float:
+        self.store_seconds.clear()
+        context = operator_context("bench_p3", "generate", f"p3_{name}_{number}")
+        stored = self.operators[name].execute(context)["bytes"]
+        self._expect(stored, name)
+        if name == "operator_s3":
+            self._expect(self.moto.size("p3/out.mp4"), name)
+            self.s3.delete_object(Bucket=self.moto.bucket, Key="p3/out.mp4")
+        else:
+            (self.scratch / "operator" / "out.mp4").unlink()
+        if len(self.store_seconds) != 1:
+            raise RuntimeError(f"{name}: expected one timed MP4 store, got {self.store_seconds}")
+        return self.store_seconds[0]
+
+    def _expect(self, stored: Any, what: str) -> None:
+        if stored != self.size:
+            raise RuntimeError(f"{what} stored {stored} bytes, not {self.size}")
+
+
+def _time_atomic_stores(seconds: list[float]) -> None:
+    """Wrap ``atomic_writer`` (which the operator imports when it stores) to time each MP4 store, commit included."""
+    from sora2_provider import storage
+
+    original = storage.atomic_writer
+
+    @contextlib.contextmanager
+    def timed(path: Any) -> Iterator[Any]:
+        started = time.perf_counter()
+        with original(path) as handle:
+            yield handle
+        if str(path).endswith(".mp4"):
+            seconds.append(time.perf_counter() - started)
+
+    storage.atomic_writer = timed  # type: ignore[assignment]
+
+
+if __name__ == "__main__":
+    bench_main("p3_throughput", TITLE, run, add_args)

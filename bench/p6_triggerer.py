@@ -1,0 +1,210 @@
+"""P6 triggerer load: 200 ``Sora2JobTrigger``s polling in one event loop, as a triggerer runs them.
+
+The emulator (its own process) runs at time scale 1/10: each sora-2 job renders for 18 s and every trigger
+polls at the default 10 s interval scaled the same way (1 s), so the loop sees ten times the real call rate.
+The jobs are submitted first, then every trigger's ``run()`` is driven to its first event in one loop while a
+monitor coroutine sleeps 10 ms at a time and records how late it wakes up (the event-loop lag a triggerer
+would see). CPU is the process's user+system time over the run.
+
+Baselines in the same run: the lag of the idle loop (monitor only), and the same number of bare pollers (one
+shared ``requests.Session``, ``asyncio.to_thread(session.get)``, JSON, sleep), i.e. the least a poll can cost.
+Target: lag p99 <= 50 ms.
+
+Also measured once, in a fresh process whose Airflow connection lookup is already warm (as in a running
+triggerer): how long the first Sora 2 trigger blocks the loop (what ``run()`` loads synchronously on first use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from typing import Any
+
+from bench.common import (
+    API_KEY,
+    Emulator,
+    Result,
+    bench_main,
+    connection_json,
+    cpu_seconds,
+    ensure_airflow_env,
+    log,
+    percentile,
+    ratio,
+    scratch_dir,
+)
+
+TITLE = "P6 200 Sora2JobTriggers in one event loop"
+TARGET_P99_MS = 50.0
+TICK = 0.010
+TYPICAL_RENDER_S = 180.0
+DEFAULT_POLL_S = 10.0
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--triggers", type=int, help="default 200; quick 50")
+    parser.add_argument("--time-scale", type=float, help="default 0.1; quick 0.02")
+
+
+def run(result: Result, args: argparse.Namespace) -> None:
+    ensure_airflow_env()
+    count = args.triggers or (50 if args.quick else 200)
+    scale = args.time_scale or (0.02 if args.quick else 0.1)
+    poll = DEFAULT_POLL_S * scale
+    result.params = {"triggers": count, "time_scale": scale, "render_s": TYPICAL_RENDER_S * scale,
+                     "poll_interval_s": poll, "monitor_tick_ms": TICK * 1e3,
+                     "default_executor_threads": min(32, (os.cpu_count() or 1) + 4)}
+    with (
+        scratch_dir("sora2-bench-p6-") as scratch,
+        Emulator(time_scale=scale, log_path=scratch / "emulator.log") as emulator,
+    ):
+        os.environ["AIRFLOW_CONN_SORA2_DEFAULT"] = connection_json(emulator.url)
+        started = time.perf_counter()
+        from sora2_provider.triggers import sora2  # noqa: F401  (a triggerer imports the class first)
+
+        import_s = time.perf_counter() - started
+        asyncio.run(_warm_airflow())
+        idle = asyncio.run(_phase([], idle_seconds=min(5.0, 2 + count * poll / 100)))
+        log("P6: one trigger in this fresh process (it imports the hook inside run())")
+        cold_jobs = _submit(emulator.url, 1)
+        cold = asyncio.run(_phase([_trigger(cold_jobs[0][0], poll)]))
+        log(f"P6: submitting {count} jobs for the triggers")
+        jobs = _submit(emulator.url, count)
+        triggers = asyncio.run(_phase([_trigger(request_id, poll) for request_id, _ in jobs]))
+        triggers["status_calls"] = _status_calls(emulator, {r for r, _ in jobs})
+        log(f"P6: submitting {count} jobs for the bare pollers")
+        bare_jobs = _submit(emulator.url, count)
+        bare = asyncio.run(_phase(_bare_pollers(bare_jobs, poll)))
+        bare["status_calls"] = _status_calls(emulator, {r for r, _ in bare_jobs})
+    for phase in (cold, triggers, bare):
+        if phase["failures"]:
+            raise RuntimeError(f"{len(phase['failures'])} pollers did not see COMPLETED: {phase['failures'][:3]}")
+    result.figures = {"idle": _summary(idle), "first_trigger": _summary(cold), "triggers": _summary(triggers),
+                      "bare_pollers": _summary(bare), "trigger_module_import_incl_airflow_s": round(import_s, 3)}
+    cpu_trigger = triggers["cpu_s"] / count
+    cpu_poll = triggers["cpu_s"] / max(1, triggers["status_calls"])
+    bare_poll = bare["cpu_s"] / max(1, bare["status_calls"])
+    p99, p50 = triggers["lag_p99_ms"], triggers["lag_p50_ms"]
+    result.check("P6 event-loop lag p99, 200 triggers" if count == 200 else f"P6 event-loop lag p99, {count} triggers",
+                 round(p99, 1), "ms", baseline_name="idle loop", baseline=round(idle["lag_p99_ms"], 1),
+                 ratio=ratio(p99, idle["lag_p99_ms"]), target=f"<= {TARGET_P99_MS:.0f} ms", passed=p99 <= TARGET_P99_MS)
+    result.check("P6 event-loop lag p50", round(p50, 2), "ms", baseline_name="idle loop",
+                 baseline=round(idle["lag_p50_ms"], 2), ratio=ratio(p50, idle["lag_p50_ms"]))
+    result.check("P6 CPU ms per status poll", round(cpu_poll * 1e3, 2), "ms", baseline_name="bare poller",
+                 baseline=round(bare_poll * 1e3, 2), ratio=ratio(cpu_poll, bare_poll))
+    result.check("P6 CPU s per trigger (whole wait)", round(cpu_trigger, 3), "s", baseline_name="bare poller",
+                 baseline=round(bare["cpu_s"] / count, 3), ratio=ratio(cpu_trigger, bare["cpu_s"] / count))
+    result.check("P6 loop blocked by the first Sora 2 trigger of a triggerer (max lag)",
+                 round(cold["lag_max_ms"], 1), "ms", baseline_name="idle loop max",
+                 baseline=round(idle["lag_max_ms"], 1), ratio=ratio(cold["lag_max_ms"], idle["lag_max_ms"]))
+    real_load = cpu_poll * 200 / DEFAULT_POLL_S
+    result.notes.append(
+        f"{triggers['status_calls']} status calls in {triggers['wall_s']:.1f} s; at the real 10 s interval, "
+        f"200 triggers would use {real_load * 100:.1f}% of one core (CPU per poll x 200 / 10 s)"
+    )
+    result.notes.append(f"bare pollers: lag p99 {bare['lag_p99_ms']:.1f} ms, p50 {bare['lag_p50_ms']:.2f} ms")
+    result.notes.append(f"longest stall: triggers {triggers['lag_max_ms']:.0f} ms at {triggers['lag_max_at_s']:.1f} s "
+                        f"into the phase, bare pollers {bare['lag_max_ms']:.0f} ms at {bare['lag_max_at_s']:.1f} s")
+
+
+async def _warm_airflow() -> None:
+    """What a running triggerer has loaded before any Sora 2 trigger: Airflow's async connection lookup (its
+    first call imports the supervisor and loads the secrets backends). The provider's own first-use cost is
+    then what the first trigger adds."""
+    from airflow.sdk import BaseHook
+
+    await BaseHook.aget_connection("sora2_default")
+
+
+def _submit(url: str, count: int) -> list[tuple[str, str]]:
+    """Submit with the standard library, so the first trigger still finds ``requests`` and the hook unloaded."""
+    import json
+    import urllib.request
+
+    jobs = []
+    for number in range(count):
+        data = json.dumps({"prompt": f"job {number}", "duration": 4}).encode()
+        request = urllib.request.Request(f"{url}/v2/sora-2", data=data, method="POST",
+                                         headers={"x-api-key": API_KEY, "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            body = json.loads(answer.read())
+        jobs.append((body["request_id"], body["status_url"]))
+    return jobs
+
+
+def _trigger(request_id: str, poll: float) -> Any:
+    from sora2_provider.triggers.sora2 import Sora2JobTrigger
+
+    async def first_event() -> dict[str, Any]:
+        trigger = Sora2JobTrigger(request_id, "sora2_default", poll)
+        async for event in trigger.run():
+            return event.payload
+        return {"status": "no event"}
+
+    return first_event()
+
+
+def _bare_pollers(jobs: list[tuple[str, str]], poll: float) -> list[Any]:
+    import requests
+
+    session = requests.Session()
+    session.headers["x-api-key"] = API_KEY
+
+    async def wait(status_url: str) -> dict[str, Any]:
+        while True:
+            answer = await asyncio.to_thread(session.get, status_url, timeout=60)
+            body = answer.json()
+            if body.get("status") in ("COMPLETED", "FAILED"):
+                return {"status": body["status"].lower()}
+            await asyncio.sleep(poll)
+
+    return [wait(url) for _, url in jobs]
+
+
+async def _phase(coroutines: list[Any], idle_seconds: float = 0.0) -> dict[str, Any]:
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    worst = {"lag": 0.0, "at": 0.0}
+
+    async def monitor() -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(TICK)
+            lag = max(0.0, loop.time() - before - TICK)
+            lags.append(lag)
+            if lag > worst["lag"]:
+                worst.update(lag=lag, at=before - start)
+
+    start = asyncio.get_running_loop().time()
+    watcher = asyncio.create_task(monitor())
+    cpu, wall = cpu_seconds(), time.monotonic()
+    if coroutines:
+        events = await asyncio.gather(*coroutines, return_exceptions=True)
+    else:
+        await asyncio.sleep(idle_seconds)
+        events = []
+    wall, cpu = time.monotonic() - wall, cpu_seconds() - cpu
+    stop.set()
+    await watcher
+    failures = [repr(e) for e in events if not (isinstance(e, dict) and e.get("status") == "completed")]
+    return {"lags": lags, "wall_s": wall, "cpu_s": cpu, "failures": failures, "events": len(events),
+            "lag_p50_ms": percentile(lags, 50) * 1e3, "lag_p99_ms": percentile(lags, 99) * 1e3,
+            "lag_max_ms": max(lags, default=0.0) * 1e3, "lag_max_at_s": worst["at"]}
+
+
+def _status_calls(emulator: Emulator, request_ids: set[str]) -> int:
+    return sum(1 for entry in emulator.request_log()
+               if entry["endpoint"] == "status" and entry["path"].split("/")[3] in request_ids)
+
+
+def _summary(phase: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in phase.items() if k != "lags"} | {
+        "ticks": len(phase["lags"])}
+
+
+if __name__ == "__main__":
+    bench_main("p6_triggerer", TITLE, run, add_args)
