@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
+from collections.abc import Callable
 from typing import Any
+
+import requests
 
 TEST_API_KEY = "SG_c0ffee5ec7e70042"
 TEST_BALANCE = 100.0
@@ -58,3 +63,24 @@ def probe_mp4(data: bytes) -> tuple[int, int, float]:
         assert frames > 0, "the MP4 holds no decodable frame"
         duration = container.duration / 1_000_000 if container.duration else float(stream.duration * stream.time_base)
         return stream.codec_context.width, stream.codec_context.height, duration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (requests.RequestException, OSError, ValueError, KeyError) as err:
+            last_error, result = err, None
+        if result:
+            return result
+        time.sleep(interval)  # the poll interval of a deadline-bounded loop
+    raise TimeoutError(f"{what}: not done within {timeout:.0f} s (last error: {last_error!r})")

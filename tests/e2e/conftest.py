@@ -20,10 +20,8 @@ from tests.e2e.support import (
     S3_BUCKET,
     TIME_SCALE,
     AirflowCluster,
-    free_port,
-    wait_for,
 )
-from tests.support import TEST_API_KEY, connection_json
+from tests.support import TEST_API_KEY, connection_json, free_port, wait_for
 
 #: The session's AIRFLOW_HOME (set by tests/conftest.py): the cluster's home goes inside it, so the session's
 #: API-key scan of that directory covers the cluster's logs too.

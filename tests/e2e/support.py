@@ -21,16 +21,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
+
+from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = REPO / "example_dags"
@@ -56,27 +56,6 @@ def task_policy(task):
 """
 POLL_INTERVAL = 0.2
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (requests.RequestException, OSError, ValueError, KeyError) as err:
-            last_error, result = err, None
-        if result:
-            return result
-        time.sleep(interval)
-    raise TimeoutError(f"{what}: not done within {timeout:.0f} s (last error: {last_error!r})")
 
 
 @dataclass
@@ -211,5 +190,3 @@ class AirflowCluster:
         for name in self.processes:
             parts.append(f"--- airflow {name} (last lines)\n{self.log_tail(name, 15)}")
         return "\n".join(parts)
-
-

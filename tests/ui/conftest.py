@@ -18,13 +18,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json
+from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "docs" / "img"
@@ -84,27 +83,6 @@ with DAG(
         poll_interval=0.2,
     )
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (requests.RequestException, OSError, ValueError, KeyError) as err:
-            last_error, result = err, None
-        if result:
-            return result
-        time.sleep(interval)  # poll interval of a deadline-bounded loop, not a synchronisation by itself
-    raise TimeoutError(f"{what}: not done within {timeout:.0f} s (last error: {last_error!r})")
 
 
 @dataclass
