@@ -140,7 +140,10 @@ def reexec_with_bytecode(module: str) -> None:
     if os.environ.get("PYTHONPYCACHEPREFIX") == str(PYCACHE) and "PYTHONDONTWRITEBYTECODE" not in os.environ:
         return
     PYCACHE.mkdir(parents=True, exist_ok=True)
-    os.execve(PYTHON, [PYTHON, "-m", module, *sys.argv[1:]], base_env())
+    env = base_env()
+    if "PYTHONDONTWRITEBYTECODE" in os.environ:
+        env["SORA2_BENCH_CALLER_DONT_WRITE_BYTECODE"] = "1"  # what the caller's environment said, for RESULTS.md
+    os.execve(PYTHON, [PYTHON, "-m", module, *sys.argv[1:]], env)
 
 
 def log(message: str) -> None:
@@ -480,7 +483,9 @@ def machine_info() -> dict[str, Any]:
         spec = importlib.util.find_spec("airflow")
         package = Path(spec.origin).parent if spec and spec.origin else None
         info["venv_has_bytecode"] = bool(package and any((package / "__pycache__").glob("*.pyc")))
-    info["env_dont_write_bytecode"] = "PYTHONDONTWRITEBYTECODE" in os.environ
+    info["caller_sets_dont_write_bytecode"] = (
+        "PYTHONDONTWRITEBYTECODE" in os.environ or "SORA2_BENCH_CALLER_DONT_WRITE_BYTECODE" in os.environ
+    )
     with contextlib.suppress(Exception):
         from importlib.metadata import version
 

@@ -195,8 +195,9 @@ def results_markdown(run: dict[str, Any], table: str) -> str:
         f"{machine.get('cpu_model', '?')}, {machine.get('memory_gib', '?')} GiB RAM; {machine.get('platform')}; "
         f"Python {machine.get('python')}, Airflow {machine.get('airflow')} (task SDK {machine.get('task_sdk')}), "
         f"requests {machine.get('requests')}, s3fs {machine.get('s3fs')}, moto {machine.get('moto')}. "
-        f"Venv bytecode (.pyc): {_yes_no(machine.get('venv_has_bytecode'))}; PYTHONDONTWRITEBYTECODE set: "
-        f"{_yes_no(machine.get('env_dont_write_bytecode'))}.",
+        f"Venv bytecode (.pyc): {_yes_no(machine.get('venv_has_bytecode'))}; PYTHONDONTWRITEBYTECODE set by the "
+        f"caller: {_yes_no(machine.get('caller_sets_dont_write_bytecode'))} (benchmark interpreters cache their "
+        "bytecode anyway, see the end).",
         "",
         "**Load**: the machine is shared; other engineers ran tests at the same time. Load average "
         f"{run['load_average_start']} at the start, {run['load_average_end']} at the end (1/5/15 min, "
