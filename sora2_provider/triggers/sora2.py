@@ -103,12 +103,14 @@ class Sora2JobTrigger(BaseTrigger):
         hook = Sora2Hook(sora2_conn_id=self.sora2_conn_id)
         watch = JobWatch(self.request_id, self.max_transient_errors)
         while True:
+            # Sleep first: the operator defers right after the submit (or after checking that a resumed job
+            # is still running), so an immediate poll would only spend a call of the account's rate limit.
+            await asyncio.sleep(self.poll_interval)
             event = await self._poll_once(hook, watch)
             if event is not None:
                 self.log.info("Job %s ended: %s after %.0f s", self.request_id, event["status"], watch.elapsed)
                 yield TriggerEvent(event)
                 return
-            await asyncio.sleep(self.poll_interval)
 
     async def _poll_once(self, hook: Any, watch: JobWatch) -> dict[str, Any] | None:
         previous = watch.last_status
