@@ -19,18 +19,15 @@ child it left behind (executor workers, task supervisors, the trigger runner) th
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from tests.support import wait_for
+from tests.support import stop_processes, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = REPO / "example_dags"
@@ -104,21 +101,8 @@ class AirflowCluster:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop(self) -> None:
-        """SIGTERM each process by its PID, wait, then SIGKILL whatever is left in its process group."""
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for name, proc in self.processes.items():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                self.stop_times[name] = round(30 - (deadline - time.monotonic()), 1)
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # children it left behind (its group id is its PID)
+        """Stop every process by its PID (see ``tests.support.stop_processes``), recording how long each took."""
+        self.stop_times.update(stop_processes(self.processes))
 
     # -- REST API -------------------------------------------------------------------------------
 

@@ -13,16 +13,13 @@ Playwright. Every process started here is stopped by its PID at teardown, with w
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +28,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, free_port, wait_for
+from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, free_port, stop_processes, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "docs" / "img"
@@ -141,20 +138,8 @@ class UiAirflow:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop(self) -> None:
-        """SIGTERM each process by its PID, wait, then SIGKILL whatever is left in its process group."""
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # children it left behind (its group id is its PID)
+        """Stop every process by its PID (see ``tests.support.stop_processes``)."""
+        stop_processes(self.processes)
 
     # -- REST API -------------------------------------------------------------------------------
 
