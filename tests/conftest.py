@@ -26,7 +26,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.setdefault("SORA2_EMULATOR_CACHE", str(Path.home() / ".cache" / "sora2-emulator"))
 
-from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json  # noqa: E402
+from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, dag_bag  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -143,11 +143,9 @@ class DagRunner:
 
         The file is removed afterwards: ``dag.test()`` re-parses the whole DAGs folder on every call.
         Pass the same ``logical_date`` twice to clear and rerun the same run."""
-        from airflow.dag_processing.dagbag import DagBag
-
         path = self.write(dag_id, source)
         try:
-            bag = DagBag(dag_folder=str(path))
+            bag = dag_bag(path)
             assert not bag.import_errors, bag.import_errors
             return bag.get_dag(dag_id).test(**test_kwargs)
         finally:

@@ -18,6 +18,39 @@ TEST_API_KEY = "SG_c0ffee5ec7e70042"
 TEST_BALANCE = 100.0
 
 
+def dag_bag(dag_folder: str | os.PathLike[str]) -> Any:
+    """A ``DagBag`` of ``dag_folder``, as the dag-processor builds it.
+
+    ``DagBag`` moved: ``airflow.dag_processing.dagbag`` from 3.2 (the old path warns there), ``airflow.models.dagbag``
+    on 3.1. Neither is a public interface, so the tests take it from here only."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+    return DagBag(dag_folder=str(dag_folder))
+
+
+def cli_json(output: str) -> Any:
+    """The JSON document that ends the output of an ``airflow ... -o json`` command.
+
+    Airflow 3.2 prints log lines to stdout before the document; 3.1 and 3.3 print the document alone. It must start
+    at the beginning of a line and run to the end of the output (whitespace aside), or this fails."""
+    decoder = json.JSONDecoder()
+    offset = 0
+    for line in output.splitlines(keepends=True):
+        start = offset + len(line) - len(line.lstrip())
+        offset += len(line)
+        if not line.lstrip().startswith(("[", "{")):
+            continue
+        try:
+            value, end = decoder.raw_decode(output, start)
+        except ValueError:
+            continue
+        if not output[end:].strip():
+            return value
+    raise ValueError(f"no JSON document ends this CLI output:\n{output[-3000:]}")
+
+
 def connection_json(url: str, api_key: str = TEST_API_KEY, **extra: Any) -> str:
     """A ``sora2`` connection (as ``AIRFLOW_CONN_*`` JSON) to ``url`` with a short retry backoff for tests."""
     conn = {"conn_type": "sora2", "host": url, "password": api_key, "extra": {"retry_backoff": 0.05, **extra}}

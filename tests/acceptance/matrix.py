@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.acceptance.journal import read_journal
-from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, probe_mp4, task_instances, xcom_value
+from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, dag_bag, probe_mp4, task_instances, xcom_value
 
 DAG_ID = "acceptance_fault_matrix"
 RETRIES = 3
@@ -323,12 +323,10 @@ class DagRunner:
         self.dags_folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 
     def run(self, dag_id: str, source: str, **test_kwargs: Any) -> Any:
-        from airflow.dag_processing.dagbag import DagBag
-
         path = self.dags_folder / f"{dag_id}.py"
         path.write_text(textwrap.dedent(source))
         try:
-            bag = DagBag(dag_folder=str(path))
+            bag = dag_bag(path)
             assert not bag.import_errors, bag.import_errors
             return bag.get_dag(dag_id).test(**test_kwargs)
         finally:

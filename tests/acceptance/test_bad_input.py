@@ -22,7 +22,7 @@ import pytest
 
 from tests.acceptance import matrix
 from tests.acceptance.console import SessionConsole, task_error_lines
-from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, task_instances
+from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, dag_bag, task_instances
 
 DAG_ID = "acceptance_bad_input"
 MODELS = "'sora-2', 'sora-2-pro'"
@@ -174,7 +174,6 @@ def bad_input_run(
 ) -> Iterator[BadInputRun]:
     """Parse every parse-time case, then run every execute-time case in one ``dag.test()``."""
     import requests.adapters
-    from airflow.dag_processing.dagbag import DagBag
 
     from sora2_provider.testing.emulator import Sora2Emulator
 
@@ -199,7 +198,7 @@ def bad_input_run(
         for case in PARSE_CASES:
             source = FILE_HEADER.format(dag_id=f"bad_{case.id}") + task_line(case, workdir) + "\n"
             (parse_dir / f"bad_{case.id}.py").write_text(source)
-        bag = DagBag(dag_folder=str(parse_dir))
+        bag = dag_bag(parse_dir)
         parse_errors = {Path(path).stem.removeprefix("bad_"): text for path, text in bag.import_errors.items()}
 
         source = FILE_HEADER.format(dag_id=DAG_ID) + "\n".join(task_line(c, workdir) for c in EXECUTE_CASES) + "\n"

@@ -8,8 +8,9 @@ One cluster per test module (starting it takes about a minute on two cores). It 
 
 Why an api-server too: in Airflow 3 a task talks to the metadata DB only through the Execution API, which the
 api-server serves; LocalExecutor workers reach it at ``[core] execution_api_server_url``. The public REST API of
-the same server (``simple_auth_manager_all_admins``: no login on this loopback-only server) triggers runs and
-reads their states and XComs.
+the same server triggers runs and reads their states and XComs, with a JWT from the simple auth manager's
+``GET /auth/token`` (``simple_auth_manager_all_admins``: no credentials on this loopback-only server). Airflow 3.2+
+accepts calls without a token in that mode, 3.1 does not; the token works on every line.
 
 LocalExecutor on SQLite: Airflow 3.3 no longer refuses it (``airflow standalone`` runs exactly that); SQLite
 serialises the writers, which is fine at this scale. Every process is stopped by its PID at teardown, and any
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 from tests.support import stop_processes, wait_for
@@ -65,6 +67,7 @@ class AirflowCluster:
     output_root: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stop_times: dict[str, float] = field(default_factory=dict)
+    _token: str | None = None
 
     # -- processes ------------------------------------------------------------------------------
 
@@ -96,6 +99,15 @@ class AirflowCluster:
             if proc.poll() is not None:
                 raise AssertionError(f"airflow {name} exited with {proc.returncode}:\n{self.log_tail(name)}")
 
+    def assert_running(self, component: str) -> None:
+        """``airflow <component>`` still runs under the PID it was started with: it never exited or restarted."""
+        proc = self.processes[component]
+        exited = proc.poll()
+        assert exited is None, f"airflow {component} (PID {proc.pid}) exited with {exited}:\n{self.log_tail(component)}"
+        process = psutil.Process(proc.pid)
+        assert process.status() != psutil.STATUS_ZOMBIE, f"airflow {component} (PID {proc.pid}) is a zombie"
+        assert component in process.cmdline(), process.cmdline()
+
     def log_tail(self, component: str, lines: int = 40) -> str:
         path = self.log_dir / f"{component}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -107,7 +119,12 @@ class AirflowCluster:
     # -- REST API -------------------------------------------------------------------------------
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = requests.request(method, f"{self.api_url}/api/v2{path}", timeout=30, **kwargs)
+        if self._token is None:
+            answer = requests.get(f"{self.api_url}/auth/token", timeout=30)
+            answer.raise_for_status()
+            self._token = answer.json()["access_token"]
+        headers = {"Authorization": f"Bearer {self._token}"}
+        response = requests.request(method, f"{self.api_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
         response.raise_for_status()
         return response.json()
 
@@ -144,6 +161,12 @@ class AirflowCluster:
             ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]": ti
             for ti in rows["task_instances"]
         }
+
+    def rendered_fields(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """A task instance's rendered template fields, from its own route (the list route leaves them empty on 3.2)."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        ti = self.api("GET", path if map_index < 0 else f"{path}/{map_index}")
+        return ti["rendered_fields"]
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"

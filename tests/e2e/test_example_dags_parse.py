@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import dag_bag
+
 pytestmark = pytest.mark.e2e
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
@@ -20,9 +22,7 @@ HEAVY = ("sora2_provider.hooks.sora2", "requests", "boto3", "s3fs", "av")
 
 def test_every_example_dag_parses() -> None:
     """The DagBag the dag-processor would build: no import error, the four DAGs, each documented and deferrable."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
+    bag = dag_bag(EXAMPLE_DAGS)
     assert not bag.import_errors, bag.import_errors
     assert set(bag.dag_ids) == EXPECTED
     for dag_id in EXPECTED:
@@ -55,10 +55,8 @@ def test_example_dags_import_nothing_heavy_at_parse_time() -> None:
 
 
 def test_poll_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
     monkeypatch.setenv("SORA2_POLL_INTERVAL", "0.25")
-    bag = DagBag(dag_folder=str(EXAMPLE_DAGS / "sora2_daily_video.py"))
+    bag = dag_bag(EXAMPLE_DAGS / "sora2_daily_video.py")
     dag = bag.dags["sora2_daily_video"]
     assert dag.get_task("generate_video").poll_interval == 0.25
     assert dag.get_task("wait_for_credits").poke_interval == 1.5

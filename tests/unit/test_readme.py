@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from tests.support import cli_json, dag_bag
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
@@ -71,7 +73,7 @@ def test_connection_cli_example_creates_a_sora2_connection(airflow_db):
         out = subprocess.run(
             [airflow, "connections", "get", "sora2_default", "-o", "json"], check=True, capture_output=True, text=True
         ).stdout
-        assert json.loads(out)[0]["conn_type"] == "sora2"
+        assert cli_json(out)[0]["conn_type"] == "sora2"
     finally:
         subprocess.run([airflow, "connections", "delete", "sora2_default"], check=True, capture_output=True)
 
@@ -81,18 +83,16 @@ def test_pool_example_creates_a_pool_counting_deferred_tasks(airflow_db):
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, *shlex.split(line)[1:]], check=True, capture_output=True)
     out = subprocess.run([airflow, "pools", "get", "sora2", "-o", "json"], check=True, capture_output=True, text=True)
-    pool = json.loads(out.stdout)[0]
+    pool = cli_json(out.stdout)[0]
     assert (pool["slots"], str(pool["include_deferred"])) == ("2", "True")
 
 
 @pytest.mark.parametrize("code", [c for c in blocks("python") if "with DAG(" in c], ids=lambda c: c.split('"')[1])
 def test_dag_examples_parse(dag_runner, code):
-    from airflow.dag_processing.dagbag import DagBag
-
     dag_id = re.search(r'DAG\("(\w+)"', code).group(1)
     path = dag_runner.write(dag_id, code)
     try:
-        bag = DagBag(dag_folder=str(path))
+        bag = dag_bag(path)
         assert not bag.import_errors
         assert dag_id in bag.dag_ids
     finally:
