@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
+
+import tomllib
+
+from sora2_provider.get_provider_info import get_provider_info
+
+PROJECT = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
 
 
 def test_airflow_providers_list_shows_the_distribution(airflow_db):
     airflow = Path(sys.executable).with_name("airflow")
     out = subprocess.run([str(airflow), "providers", "list", "-o", "json"], check=True, capture_output=True, text=True)
     assert '"package_name": "airflow-provider-sora2"' in out.stdout
+
+
+def test_provider_info_names_this_distribution_and_release():
+    """Airflow matches the provider dict to its distribution by name; its newest version is the one released."""
+    info = get_provider_info()
+    assert info["package-name"] == PROJECT["name"]
+    assert info["versions"][0] == PROJECT["version"] == importlib.metadata.version(PROJECT["name"])
 
 
 def test_sora2_connection_type_is_registered_with_its_form():
