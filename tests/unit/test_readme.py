@@ -43,14 +43,21 @@ def test_make_commands_are_real_targets():
         assert re.search(rf"^{target}:", makefile, flags=re.M), f"Makefile has no {target} target"
 
 
-def test_pip_install_lines_name_the_distribution_and_its_extras():
+def test_pip_install_lines_name_the_distribution_its_extras_and_real_constraints():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for line in (c for c in bash_commands() if c.startswith("pip install")):
-        requirement = shlex.split(line)[2]
-        name, _, extras = requirement.partition("[")
+    raw = [line.strip() for code in blocks("bash") for line in code.splitlines()]
+    lines = [line.removeprefix("uv ") for line in raw if line.startswith(("pip install", "uv pip install"))]
+    assert len(lines) >= 5
+    for line in lines:
+        args = shlex.split(line.split("#")[0])
+        name, _, extras = args[2].partition("[")
         assert name == project["name"]
         for extra in filter(None, extras.rstrip("]").split(",")):
             assert extra in project["optional-dependencies"]
+        if "-c" in args:  # a constraints file of this repository, pinning the Airflow its comment names
+            constraints = (ROOT / args[args.index("-c") + 1]).read_text().splitlines()
+            (airflow,) = [pin for pin in constraints if pin.startswith("apache-airflow==")]
+            assert f"Airflow {airflow.removeprefix('apache-airflow==')}" in line
 
 
 def test_connection_env_var_example_gives_the_hook_its_key(monkeypatch):
