@@ -55,15 +55,14 @@ class StepFailed(Exception):
 
 
 def run(cmd: list[str | Path], *, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 1800) -> str:
-    """Run ``cmd`` with its output streamed to ours (and returned); fail the step on a non-zero exit."""
+    """Run ``cmd`` and return its output (stdout and stderr); fail the step, showing the output, on a non-zero exit."""
     print(f"$ {' '.join(map(str, cmd))}", flush=True)
     proc = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         timeout=timeout,
     )
-    sys.stdout.write(proc.stdout)
-    sys.stdout.flush()
     if proc.returncode != 0:
+        print(proc.stdout[-5000:], flush=True)
         raise StepFailed(f"exit {proc.returncode}: {' '.join(map(str, cmd))}")
     return proc.stdout
 

@@ -33,8 +33,9 @@ def dag_bag(dag_folder: str | os.PathLike[str]) -> Any:
 def cli_json(output: str) -> Any:
     """The JSON document that ends the output of an ``airflow ... -o json`` command.
 
-    Airflow 3.2 prints log lines to stdout before the document; 3.1 and 3.3 print the document alone. It must start
-    at the beginning of a line and run to the end of the output (whitespace aside), or this fails."""
+    Depending on the line and the command, Airflow prints log lines to stdout before the document (3.2's
+    ``connections get``, 3.1's ``providers list``). It must start at the beginning of a line and run to the end of the
+    output (whitespace aside), or this fails."""
     decoder = json.JSONDecoder()
     offset = 0
     for line in output.splitlines(keepends=True):
