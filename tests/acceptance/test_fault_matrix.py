@@ -13,8 +13,8 @@ real ``airflow dags test`` process). The targets asserted for every row:
 from __future__ import annotations
 
 import errno
-import re
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
