@@ -79,10 +79,17 @@ def no_api_key_leak(caplog: pytest.LogCaptureFixture, console: Console) -> Itera
 
 @pytest.fixture
 def emulator() -> Iterator[Any]:
-    """A fresh Segmind emulator on 127.0.0.1 with a fast clock (180 s render -> about 0.9 s)."""
+    """A fresh Segmind emulator on 127.0.0.1 with a fast clock (180 s render -> about 0.9 s).
+
+    The 1-hour v2 record keeps its real hour: scaled it would be 18 s, and on a loaded machine ``dag.test()`` can take
+    a minute between a trigger firing and the resumed task reading the result (seen on Airflow 3.2), which then
+    finds the record expired and takes the request-history path. Tests of expiry call ``emulator.expire()``."""
     from sora2_provider.testing.emulator import Sora2Emulator
 
-    with Sora2Emulator(time_scale=0.005, api_keys={TEST_API_KEY: TEST_BALANCE}) as emu:
+    time_scale = 0.005
+    with Sora2Emulator(
+        time_scale=time_scale, api_keys={TEST_API_KEY: TEST_BALANCE}, record_ttl_seconds=3600 / time_scale
+    ) as emu:
         yield emu
 
 
