@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ DAILY_S3 = "sora2_daily_video_s3"
 IMAGE = "sora2_image_to_video"
 BATCH = "sora2_batch"
 RUN_DATE = "2025-06-01"
+KEYED_ENDPOINTS = ("submit_v2", "submit_v1", "status", "result", "credits", "history", "history_item", "upload")
 RUN_DEADLINE = 180  # seconds; a run takes 20 to 60 s here
 
 
@@ -290,6 +292,18 @@ def test_batch_runs_at_most_pool_size_jobs_at_once(airflow_cluster: AirflowClust
     assert sorted(job["prompt"] for job in ledger) == sorted(prompts)
     summary = airflow_cluster.xcom(BATCH, run_id, "summarize")
     assert summary == {"videos": [x["uri"] for x in xcoms], "total_cost": 2.0}
+
+
+def test_batch_costs_at_most_two_keyed_calls_a_video(
+    airflow_cluster: AirflowCluster, batch_run: Runs, e2e_emulator: Any
+) -> None:
+    """The triggers share one history watcher; a job completed from the history needs no status or result call."""
+    assert_run_succeeded(airflow_cluster, batch_run, BATCH)
+    keyed = Counter(e["endpoint"] for e in e2e_emulator.request_log if e["endpoint"] in KEYED_ENDPOINTS)
+    videos = len(batch_run.ledger["ledger"])
+    assert videos == 5
+    assert sum(keyed.values()) <= 2.1 * videos, f"{sum(keyed.values()) / videos:.2f} keyed calls a video: {keyed}"
+    assert keyed["submit_v2"] == videos and keyed["result"] == 0, keyed
 
 
 # ---------------------------------------------------------------------------------------------- hygiene
