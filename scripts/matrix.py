@@ -46,6 +46,7 @@ SUITES = ["tests/unit", "tests/hook", "tests/sensor", "tests/operator"]
 #: The deferrable generation of the daily example DAG (run beside the S3 and image ones, all three deferring at once)
 #: through the real triggerer; ``assert_deferred`` also checks that the triggerer still runs under its first PID.
 E2E = ["tests/e2e/test_example_dags_e2e.py::test_generate_task_deferred"]
+STARTED: list[subprocess.Popen[bytes]] = []  # every pytest this script started, stopped by PID if it is stopped
 RELEASE_IMPORTS = ["sora2_provider.operators.sora2", "sora2_provider.sensors.credits", "sora2_provider.triggers.sora2"]
 RELEASE_KEY = "SG_release_check"
 
@@ -112,7 +113,22 @@ def start_pytest(
     print(f"$ {' '.join(cmd)} > {log.relative_to(ROOT)}", flush=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stdout=out, stderr=subprocess.STDOUT)
+    STARTED.append(proc)
     return proc, log
+
+
+def stop_started() -> None:
+    """SIGTERM every pytest we started that still runs (by its PID), then wait for it."""
+    for proc in STARTED:
+        if proc.poll() is None:
+            print(f"stopping pytest PID {proc.pid}", flush=True)
+            proc.terminate()
+    for proc in STARTED:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def report_pytest(version: str, name: str, status: int, log: Path) -> None:
@@ -302,5 +318,13 @@ def wait_any(running: dict[str, tuple[subprocess.Popen[bytes], Path, float]]) ->
     return wait_any(running)  # a child we did not start here (none expected)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    signal.signal(signal.SIGTERM, _terminated)  # make's or CI's stop: the finally below stops our pytest runs
+    try:
+        sys.exit(main(sys.argv[1:]))
+    finally:
+        stop_started()
