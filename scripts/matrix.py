@@ -42,7 +42,8 @@ CONSTRAINTS = ROOT / "constraints"
 UV = [sys.executable, "-m", "uv"]
 
 LOGS = MATRIX / "logs"
-SUITES = ["tests/unit", "tests/hook", "tests/sensor", "tests/operator"]
+#: In the order `make test` runs them (alphabetical), so a test leaking state meets the same neighbours.
+SUITES = ["tests/hook", "tests/operator", "tests/sensor", "tests/unit"]
 #: The deferrable generation of the daily example DAG (run beside the S3 and image ones, all three deferring at once)
 #: through the real triggerer; ``assert_deferred`` also checks that the triggerer still runs under its first PID.
 E2E = ["tests/e2e/test_example_dags_e2e.py::test_generate_task_deferred"]
