@@ -595,7 +595,8 @@ class Sora2Hook(BaseHook):
             response, paid = self._paid_post(request, "v1", stream=True, timeout=(connect, read * SYNC_TIMEOUT_FACTOR))
             with response:
                 request_id = response.headers.get("x-request-id")
-                download = self._sync_body(response, VideoSink(fh, f"{paid.endpoint} request {request_id}"))
+                with VideoSink(fh, f"{paid.endpoint} request {request_id}") as sink:
+                    download = self._sync_body(response, sink)
         return SyncResult(
             request_id=request_id,
             download=download,
@@ -624,11 +625,11 @@ class Sora2Hook(BaseHook):
     def download(self, url: str, destination: Any) -> DownloadResult:
         """Stream a finished video to ``destination`` (ObjectStoragePath, path, or open binary file).
 
-        Memory stays within one 1 MiB chunk. A short read resumes with ``Range`` (or re-reads and skips what
+        Memory stays within a few 1 MiB chunks (hashing and writing run in threads fed by bounded queues, see
+        ``_pipeline``). A short read resumes with ``Range`` (or re-reads and skips what
         was written when the server ignores it); the MP4 signature is checked. The API key is not sent.
         """
-        with _open_destination(destination) as fh:
-            sink = VideoSink(fh, f"download of {url}")
+        with _open_destination(destination) as fh, VideoSink(fh, f"download of {url}") as sink:
             self._retrying()(self._download_attempt, url, sink)
         return sink.finish()
 
