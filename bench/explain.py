@@ -10,11 +10,13 @@ EXPLANATIONS: dict[str, str] = {
         "(18 s) the target holds. If it misses at full size, the `phases_s` figures say which side grew."
     ),
     "P2 peak RSS added, operator -> moto S3": (
-        "s3fs keeps a whole part in a BytesIO and copies it when it uploads it (`buffer.read(blocksize)`), and "
-        "aiobotocore holds the request body: about three parts live at once. With fsspec's default block size "
-        "(50 MiB for s3fs) that is ~155 MiB whatever the video size; `atomic_writer` must open the object with "
-        "`block_size=WRITE_BLOCK_SIZE` (8 MiB parts measured ~29 MiB added). A miss here means the part size grew "
-        "again or another copy of the data appeared in the path."
+        "the object is written by `S3PartWriter` (sora2_provider/_writers.py): `PARTS_IN_FLIGHT` parts of "
+        "`WRITE_BLOCK_SIZE` upload at once on s3fs's event loop while the next one fills, behind the download "
+        "pipeline's two queues of 4 x 1 MiB chunks. Each part in flight costs about 2.5x its size in RSS (the "
+        "body, aiobotocore's and aiohttp's handling of it, and freed blocks kept by the allocator arenas of the "
+        "threads involved): 3 x 8 MiB parts measured 76 MiB added, 2 x 8 MiB 60 MiB, one part at a time inside "
+        "s3fs's `write()` 29 MiB. A miss means the part size or the parts in flight grew, or another copy of the "
+        "data appeared in the path; fewer or smaller parts (S3's minimum is 5 MiB) bring it back."
     ),
     "P3 MB/s, operator -> file://": (
         "the operator does more than the baseline loop: the hook hashes every chunk (sha256, reported in the XCom) "
