@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.airflow_cluster import AIRFLOW_DEFER_RACE, COMPONENTS, AirflowCluster
+from tests import airflow_cluster
+from tests.airflow_cluster import AIRFLOW_DEFER_RACE, COMPONENTS
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = REPO / "example_dags"
@@ -41,11 +42,15 @@ def task_policy(task):
 """
 POLL_INTERVAL = 0.2
 
-__all__ = ["AIRFLOW_DEFER_RACE", "COMPONENTS", "EXAMPLE_DAGS", "S3_BUCKET", "E2ECluster"]
+__all__ = ["AIRFLOW_DEFER_RACE", "COMPONENTS", "EXAMPLE_DAGS", "S3_BUCKET", "AirflowCluster", "E2ECluster"]
 
 
 @dataclass
-class E2ECluster(AirflowCluster):
+class E2ECluster(airflow_cluster.AirflowCluster):
     """The e2e Airflow, and where its ``file://`` examples store their videos."""
 
     output_root: Path = Path("/nonexistent")
+
+
+#: The name the e2e tests use for it.
+AirflowCluster = E2ECluster

@@ -31,7 +31,7 @@ import boto3
 import pytest
 import requests
 
-from tests.e2e.support import S3_BUCKET, E2ECluster
+from tests.e2e.support import S3_BUCKET, AirflowCluster
 from tests.support import TEST_API_KEY, probe_mp4
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -59,7 +59,7 @@ def emulator_ledger(emulator: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def single_runs(airflow_cluster: E2ECluster, e2e_emulator: Any) -> Runs:
+def single_runs(airflow_cluster: AirflowCluster, e2e_emulator: Any) -> Runs:
     """The daily DAG (file and S3, dated RUN_DATE) and the image DAG (no logical date), run at the same time."""
     run_ids = {
         DAILY: airflow_cluster.trigger(DAILY, f"{RUN_DATE}T00:00:00Z"),
@@ -73,7 +73,7 @@ def single_runs(airflow_cluster: E2ECluster, e2e_emulator: Any) -> Runs:
 
 
 @pytest.fixture(scope="module")
-def batch_run(airflow_cluster: E2ECluster, e2e_emulator: Any) -> Runs:
+def batch_run(airflow_cluster: AirflowCluster, e2e_emulator: Any) -> Runs:
     """The batch DAG alone, after the single runs, on a reset emulator (its ledger and peak are the batch's)."""
     requests.post(f"{e2e_emulator.url}/_emulator/reset", timeout=10).raise_for_status()
     run_ids = {BATCH: airflow_cluster.trigger(BATCH, f"{RUN_DATE}T00:00:00Z")}
@@ -83,7 +83,7 @@ def batch_run(airflow_cluster: E2ECluster, e2e_emulator: Any) -> Runs:
     return Runs(run_ids, states, emulator_ledger(e2e_emulator))
 
 
-def assert_run_succeeded(cluster: E2ECluster, runs: Runs, dag_id: str) -> dict[str, dict[str, Any]]:
+def assert_run_succeeded(cluster: AirflowCluster, runs: Runs, dag_id: str) -> dict[str, dict[str, Any]]:
     tis = cluster.task_instances(dag_id, runs.run_ids[dag_id])
     states = {task: ti["state"] for task, ti in tis.items()}
     assert runs.states[dag_id] == "success", f"{dag_id}: {states}\n{cluster.diagnose(runs.run_ids)}"
@@ -98,7 +98,7 @@ def assert_valid_video(data: bytes, xcom: dict[str, Any]) -> None:
     assert hashlib.sha256(data).hexdigest() == xcom["sha256"]
 
 
-def assert_deferred(cluster: E2ECluster, dag_id: str, run_id: str, request_id: str, map_index: int = -1) -> None:
+def assert_deferred(cluster: AirflowCluster, dag_id: str, run_id: str, request_id: str, map_index: int = -1) -> None:
     """The task deferred on the worker, the triggerer ran its trigger, and the task resumed to store the video.
 
     Read from the last try's logs; an earlier try is accepted only when Airflow's defer race explains it."""
@@ -151,7 +151,7 @@ def _index(events: list[str], prefix: str) -> int:
 # ---------------------------------------------------------------------------------------------- single videos
 
 
-def test_daily_video_in_file_storage(airflow_cluster: E2ECluster, single_runs: Runs) -> None:
+def test_daily_video_in_file_storage(airflow_cluster: AirflowCluster, single_runs: Runs) -> None:
     tis = assert_run_succeeded(airflow_cluster, single_runs, DAILY)
     run_id = single_runs.run_ids[DAILY]
     xcom = airflow_cluster.xcom(DAILY, run_id, "generate_video")
@@ -167,7 +167,7 @@ def test_daily_video_in_file_storage(airflow_cluster: E2ECluster, single_runs: R
     assert tis["generate_video"]["try_number"] == 1 + races
 
 
-def test_daily_video_in_s3(airflow_cluster: E2ECluster, single_runs: Runs, s3_server: str) -> None:
+def test_daily_video_in_s3(airflow_cluster: AirflowCluster, single_runs: Runs, s3_server: str) -> None:
     assert_run_succeeded(airflow_cluster, single_runs, DAILY_S3)
     xcom = airflow_cluster.xcom(DAILY_S3, single_runs.run_ids[DAILY_S3], "generate_video")
     key = f"daily/{RUN_DATE}/video.mp4"
@@ -181,7 +181,7 @@ def test_daily_video_in_s3(airflow_cluster: E2ECluster, single_runs: Runs, s3_se
 
 
 def test_image_to_video_uploads_the_private_image(
-    airflow_cluster: E2ECluster, single_runs: Runs, e2e_emulator: Any
+    airflow_cluster: AirflowCluster, single_runs: Runs, e2e_emulator: Any
 ) -> None:
     """A file in object storage (not a URL) goes to Segmind through the upload API; the path falls back to run_after."""
     assert_run_succeeded(airflow_cluster, single_runs, IMAGE)
@@ -209,13 +209,13 @@ def test_image_to_video_uploads_the_private_image(
 
 
 @pytest.mark.parametrize("dag_id", [DAILY, DAILY_S3, IMAGE])
-def test_generate_task_deferred(airflow_cluster: E2ECluster, single_runs: Runs, dag_id: str) -> None:
+def test_generate_task_deferred(airflow_cluster: AirflowCluster, single_runs: Runs, dag_id: str) -> None:
     run_id = single_runs.run_ids[dag_id]
     request_id = airflow_cluster.xcom(dag_id, run_id, "generate_video")["request_id"]
     assert_deferred(airflow_cluster, dag_id, run_id, request_id)
 
 
-def test_one_charge_per_video(airflow_cluster: E2ECluster, single_runs: Runs) -> None:
+def test_one_charge_per_video(airflow_cluster: AirflowCluster, single_runs: Runs) -> None:
     xcoms = [airflow_cluster.xcom(dag_id, run_id, "generate_video") for dag_id, run_id in single_runs.run_ids.items()]
     ledger = single_runs.ledger["ledger"]
     assert sorted(job["request_id"] for job in ledger) == sorted(x["request_id"] for x in xcoms), ledger
@@ -226,7 +226,7 @@ def test_one_charge_per_video(airflow_cluster: E2ECluster, single_runs: Runs) ->
 # ---------------------------------------------------------------------------------------------- the batch
 
 
-def test_batch_runs_at_most_pool_size_jobs_at_once(airflow_cluster: E2ECluster, batch_run: Runs) -> None:
+def test_batch_runs_at_most_pool_size_jobs_at_once(airflow_cluster: AirflowCluster, batch_run: Runs) -> None:
     tis = assert_run_succeeded(airflow_cluster, batch_run, BATCH)
     run_id = batch_run.run_ids[BATCH]
     mapped = {name: ti for name, ti in tis.items() if name.startswith("generate_video[")}
@@ -262,7 +262,7 @@ def test_batch_runs_at_most_pool_size_jobs_at_once(airflow_cluster: E2ECluster, 
 # ---------------------------------------------------------------------------------------------- hygiene
 
 
-def test_api_key_never_written_by_airflow(airflow_cluster: E2ECluster, batch_run: Runs) -> None:
+def test_api_key_never_written_by_airflow(airflow_cluster: AirflowCluster, batch_run: Runs) -> None:
     """Task, trigger and process logs, state records and outputs: none holds the key (the DB is skipped)."""
     leaks = [
         str(path)
