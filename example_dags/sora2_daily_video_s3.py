@@ -91,8 +91,8 @@ with DAG(
         """Check the stored MP4 against the operator's XCom dict: size, SHA-256 and the ``ftyp`` signature."""
         import hashlib
 
+        from airflow.providers.common.compat.sdk import AirflowFailException
         from airflow.sdk import ObjectStoragePath
-        from airflow.sdk.exceptions import AirflowFailException
 
         path = ObjectStoragePath(result["uri"])
         size = path.stat().st_size

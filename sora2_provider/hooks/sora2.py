@@ -247,6 +247,7 @@ class Sora2Hook(BaseHook):
         self._session: requests.Session | None = None
         self._session_lock = threading.Lock()
         self._secret: str | None = None
+        self._extra: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sora2_conn_id={self.sora2_conn_id!r})"
@@ -260,11 +261,22 @@ class Sora2Hook(BaseHook):
             try:
                 self._conn = self.get_connection(self.sora2_conn_id)
             except Exception as err:  # Airflow's "isn't defined" error differs between versions and contexts
-                raise Sora2ConfigError(
-                    f"sora2_conn_id: connection {self.sora2_conn_id!r} is not defined ({type(err).__name__}); "
-                    "create a 'sora2' connection whose password is the Segmind API key"
-                ) from None
+                raise self._undefined(err) from None
         return self._conn
+
+    def _undefined(self, err: Exception) -> Sora2ConfigError:
+        return Sora2ConfigError(
+            f"sora2_conn_id: connection {self.sora2_conn_id!r} is not defined ({type(err).__name__}); "
+            "create a 'sora2' connection whose password is the Segmind API key"
+        )
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """The connection's extras, read once: ``extra_dejson`` registers secret masks, which Airflow 3.1 only
+        allows from the thread that talks to the supervisor."""
+        if self._extra is None:
+            self._extra = dict(self.connection.extra_dejson)
+        return self._extra
 
     def validate_connection(self) -> None:
         """Refuse, before anything is sent, a connection no request could use: each host must be an http(s) URL
@@ -299,13 +311,13 @@ class Sora2Hook(BaseHook):
 
     def _secondary_url(self, extra_key: str, default: str) -> str:
         conn = self.connection
-        override = _host_url(conn.extra_dejson.get(extra_key))
+        override = _host_url(self.extras.get(extra_key))
         return override or (self.base_url if conn.host else default)
 
     @property
     def timeouts(self) -> tuple[float, float]:
         """(connect, read) seconds from the extras ``connect_timeout`` and ``timeout``."""
-        extra = self.connection.extra_dejson
+        extra = self.extras
         return (
             self._extra_seconds(extra, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
             self._extra_seconds(extra, "timeout", DEFAULT_TIMEOUT),
@@ -350,7 +362,7 @@ class Sora2Hook(BaseHook):
     @property
     def retry_backoff(self) -> float:
         """First backoff delay in seconds: the extra ``retry_backoff``, else ``retry_backoff_initial``."""
-        return self._extra_seconds(self.connection.extra_dejson, "retry_backoff", self.retry_backoff_initial)
+        return self._extra_seconds(self.extras, "retry_backoff", self.retry_backoff_initial)
 
     def _retrying(self) -> tenacity.Retrying:
         initial = self.retry_backoff
@@ -713,12 +725,15 @@ class Sora2Hook(BaseHook):
     # ------------------------------------------------------------------ async counterparts (for triggers)
 
     async def _aconnection(self) -> None:
-        """Look the connection up with the async API, so the worker threads below never need to."""
+        """Everything the calls need from Airflow, done here on the event loop's thread: look the connection up
+        (async API), read its extras and register the key's mask. The worker threads below then only use plain
+        values; on Airflow 3.1 a supervisor message from such a thread would take the whole triggerer down."""
         if self._conn is None:
             try:
                 self._conn = await self.aget_connection(self.sora2_conn_id)
-            except Exception:
-                await asyncio.to_thread(lambda: self.connection)  # raises Sora2ConfigError naming the connection
+            except Exception as err:
+                raise self._undefined(err) from None
+        self.get_conn()  # no I/O: builds the session, reads the extras, masks the key
 
     async def aget_status(self, request_id: str) -> JobStatus:
         """:meth:`get_status` in a worker thread: the event loop never blocks."""

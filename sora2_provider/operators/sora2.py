@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
+from sora2_provider.compat import conf
 from sora2_provider.links import Sora2OutputLink, Sora2VideoLink
 
 if TYPE_CHECKING:
@@ -622,13 +623,13 @@ def _translate(err: Exception) -> Exception:
 
 
 def _fail(message: str) -> Exception:
-    from airflow.sdk.exceptions import AirflowFailException
+    from sora2_provider.compat import AirflowFailException
 
     return AirflowFailException(message)
 
 
 def _retryable(message: str) -> Exception:
-    from airflow.sdk.exceptions import AirflowException
+    from sora2_provider.compat import AirflowException
 
     return AirflowException(message)
 

@@ -14,9 +14,9 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from sora2_provider.compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException, conf
 from sora2_provider.exceptions import Sora2Error, Sora2TransientError
 from sora2_provider.models import plan_cost
 from sora2_provider.triggers.credits import CreditCheck, CreditsTrigger, credit_error_message

@@ -102,3 +102,45 @@ def test_repeated_server_errors_are_ridden_out_then_reported(sora2_conn, tolerat
         assert event["status"] == "completed"
     else:
         assert event["status"] == "error" and "HTTP 503" in event["message"]
+
+
+def test_airflow_is_only_touched_from_the_event_loop_thread(sora2_conn, monkeypatch):
+    """Airflow 3.1's triggerer dies when a worker thread messages its supervisor: connection lookups, extras
+    (which register masks) and ``mask_secret`` must all run on the loop's thread; threads get plain values."""
+    import threading
+
+    import airflow.sdk.log
+    from airflow.sdk import BaseHook, Connection
+
+    from sora2_provider.triggers.credits import CreditsTrigger
+
+    loop_thread: list[threading.Thread] = []
+    off_loop: list[str] = []
+
+    def recorded(name, original):
+        def call(*args, **kwargs):
+            if loop_thread and threading.current_thread() is not loop_thread[0]:
+                off_loop.append(name)
+            return original(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(airflow.sdk.log, "mask_secret", recorded("mask_secret", airflow.sdk.log.mask_secret))
+    extras = Connection.extra_dejson
+    monkeypatch.setattr(Connection, "extra_dejson", property(recorded("extra_dejson", extras.fget)))
+    for name in ("get_connection", "aget_connection"):
+        monkeypatch.setattr(BaseHook, name, classmethod(recorded(name, getattr(BaseHook, name).__func__)))
+    request_ids = [submit(sora2_conn, prompt=f"harbour {n}") for n in range(3)]
+    sora2_conn.add_fault("status", "status", status=503, times=2)  # retries run in the worker threads too
+
+    async def run_all():
+        loop_thread.append(threading.current_thread())
+        triggers = [first_event(Sora2JobTrigger(r, poll_interval=0.05)) for r in request_ids]
+        triggers.append(first_event(CreditsTrigger(required=1.0, poke_interval=0.05)))
+        return await asyncio.gather(*triggers)
+
+    events = asyncio.run(run_all())
+
+    assert [e["status"] for e in events[:3]] == ["completed"] * 3
+    assert events[3]["status"] == "success", events[3]
+    assert off_loop == [], f"called off the event loop's thread: {sorted(set(off_loop))}"
