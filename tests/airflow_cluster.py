@@ -73,6 +73,7 @@ class _Started:
     stage: int
     user: str | None
     service: bool  # runs until stopped (False: a one-shot command, which may exit)
+    killed: bool = False  # by ``Processes.kill``: down on purpose until restarted
 
 
 class Processes:
@@ -128,8 +129,8 @@ class Processes:
         return name in self.started and self.started[name].popen.poll() is None
 
     def check_alive(self, names: Sequence[str] | None = None) -> None:
-        """Fail with the log tail of any of ``names`` (default: every service) that exited."""
-        for name in names if names is not None else [n for n, s in self.started.items() if s.service]:
+        """Fail with the log tail of any of ``names`` (default: every service not killed on purpose) that exited."""
+        for name in names if names is not None else [n for n, s in self.started.items() if s.service and not s.killed]:
             proc = self.started[name].popen
             if proc.poll() is not None:
                 raise AssertionError(f"{name} (PID {proc.pid}) exited with {proc.returncode}:\n{self.log_tail(name)}")
@@ -151,6 +152,7 @@ class Processes:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name}: processes still alive after {sig!r}: {self.session(name)}")
         self.started[name].popen.wait(timeout=10)
+        self.started[name].killed = True
         return sorted(set(killed))
 
     def stop(self, grace: float = 30) -> dict[str, float]:
