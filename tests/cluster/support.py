@@ -17,11 +17,14 @@ condition with a deadline.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from tests.support import probe_mp4
+
+REPO = Path(__file__).resolve().parents[2]
 
 WORKERS = ("worker-a", "worker-b")
 #: Each worker runs two tasks at once and reserves no more (prefetch multiplier 1): tasks queued together spread.
@@ -51,6 +54,9 @@ SETTINGS: dict[str, str | None] = {
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "15",
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
     "PYTHONDONTWRITEBYTECODE": "1",
+    # The example DAG's settings (see its docs).
+    "AIRFLOW_VAR_SORA2_S3_BUCKET": BUCKET,
+    "SORA2_POLL_INTERVAL": str(POLL_INTERVAL),
 }
 
 _DAG = '''\
@@ -128,7 +134,13 @@ TRIGGERER_KILL_PROMPTS = [f"Cluster triggerer kill {i}: snow falling past a stre
 SCHEDULER_KILL = "cluster_scheduler_kill"
 SCHEDULER_KILL_PROMPTS = [f"Cluster scheduler kill {i}: waves breaking on black sand" for i in range(2)]
 
+#: The S3 example DAG runs beside the batch: its check task reads the video back wherever it lands.
+EXAMPLE_S3 = "sora2_daily_video_s3"
+EXAMPLE_S3_DATE = "2025-06-01"
+EXAMPLE_DAG_FILES = {f"{EXAMPLE_S3}.py": (REPO / "example_dags" / f"{EXAMPLE_S3}.py").read_text()}
+
 DAG_FILES = {
+    **EXAMPLE_DAG_FILES,
     f"{BATCH}.py": mapped_dag(
         BATCH,
         f"Six videos through the `{POOL}` pool ({POOL_SLOTS} slots, deferred tasks included), over both workers.",
