@@ -62,6 +62,13 @@ def get_provider_info() -> dict:
                         "description": "Overrides https://api.spotprod.segmind.com (request history). "
                         "Defaults to the Base URL when that is set.",
                     },
+                    "state_root": {
+                        "label": "Job record root",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Object-storage prefix for the pay-once job records, e.g. "
+                        "s3://aws_default@bucket/_sora2_state/. Empty: Airflow's task state store (3.3+), "
+                        "else beside each video.",
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login"],

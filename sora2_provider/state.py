@@ -1,12 +1,14 @@
-"""The job record that lets a retry find the video it already paid for.
+"""The job record that lets a retry find the video it already paid for, and the note of what was stored.
 
-A small JSON object beside the output (``<output dir>/_sora2_state/<identity>.json``) survives XCom
-clearing, worker crashes and triggerer restarts. It is written *before* the paid submit (the intent)
-and completed with the request id right after. Identity is run-stable (no try number); the
-fingerprint tells whether the inputs are still the ones that were paid for.
+Two records per task instance, shared by every try: the *job record* (written before the paid submit as an
+intent, completed with the request id right after; identity is run-stable, the fingerprint tells whether the
+inputs are still the ones paid for) and the *output note* (what was stored at the output after success, so a
+rerun returns it without calling Segmind). They live in one of two homes:
 
-A second object, ``<output dir>/_sora2_state/<file name>.meta.json``, records what was stored at the
-output after success, so a rerun can return it without calling Segmind.
+- :class:`TaskStateRecords`: Airflow's ``task_state_store`` (3.3+), rows in the metadata DB scoped to the dag
+  run, task and map index, readable from any worker. Nothing is written beside the output.
+- :class:`ObjectStateRecords`: small JSON objects in object storage, ``<output dir>/_sora2_state/`` (the fallback
+  where Airflow has no task state store) or under a root the user names (``state_path=`` / ``state_root``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from sora2_provider.models import HistoryRecord, VideoRequest
 
 STATE_DIR = "_sora2_state"
+RECORD, OUTPUT_NOTE = "record", "output"
+TASK_STATE_KEYS = {RECORD: "sora2_job", OUTPUT_NOTE: "sora2_output"}
 
 
 def _digest(data: Any) -> str:
@@ -100,28 +104,86 @@ class JobRecord:
 
 
 class JobStateStore:
-    """Reads and writes the records of one output location."""
+    """Reads and writes the job record and the output note of one task instance."""
 
-    def __init__(self, output_path: ObjectStoragePath, identity: str) -> None:
-        self.state_dir = output_path.parent / STATE_DIR
-        self.record_path = self.state_dir / f"{identity[:32]}.json"
-        self.meta_path = self.state_dir / f"{output_path.name}.meta.json"
+    #: Where the records live, for messages ("Delete ... to allow a new submit").
+    location: str
 
     def read(self) -> JobRecord | None:
-        data = _read_json(self.record_path)
+        data = self._get(RECORD)
         return JobRecord(**data) if data else None
 
     def write(self, record: JobRecord) -> None:
-        _write_json(self.record_path, asdict(record))
+        self._set(RECORD, asdict(record))
 
     def delete(self) -> None:
-        self.record_path.unlink(missing_ok=True)
+        self._delete(RECORD)
 
     def read_meta(self) -> dict[str, Any] | None:
-        return _read_json(self.meta_path)
+        return self._get(OUTPUT_NOTE)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        _write_json(self.meta_path, meta)
+        self._set(OUTPUT_NOTE, meta)
+
+    def _get(self, which: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def _set(self, which: str, data: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _delete(self, which: str) -> None:
+        raise NotImplementedError
+
+
+class TaskStateRecords(JobStateStore):
+    """Records in Airflow's ``task_state_store`` (keys ``sora2_job`` and ``sora2_output``)."""
+
+    def __init__(self, accessor: Any) -> None:
+        self._accessor = accessor
+        self.location = f"the task state store of this task instance (key {TASK_STATE_KEYS[RECORD]!r})"
+
+    def _get(self, which: str) -> dict[str, Any] | None:
+        value = self._accessor.get(TASK_STATE_KEYS[which])
+        return value if isinstance(value, dict) else None
+
+    def _set(self, which: str, data: dict[str, Any]) -> None:
+        self._accessor.set(TASK_STATE_KEYS[which], data)
+
+    def _delete(self, which: str) -> None:
+        self._accessor.delete(TASK_STATE_KEYS[which])
+
+
+class ObjectStateRecords(JobStateStore):
+    """Records as JSON objects: beside the output (:meth:`beside`) or under a chosen root (:meth:`under`)."""
+
+    def __init__(self, record_path: ObjectStoragePath, meta_path: ObjectStoragePath) -> None:
+        self.record_path = record_path
+        self.meta_path = meta_path
+        self.location = str(record_path)
+
+    @classmethod
+    def beside(cls, output_path: ObjectStoragePath, identity: str) -> ObjectStateRecords:
+        """``<output dir>/_sora2_state/<identity>.json`` and ``<output dir>/_sora2_state/<file name>.meta.json``."""
+        state_dir = output_path.parent / STATE_DIR
+        return cls(state_dir / f"{identity[:32]}.json", state_dir / f"{output_path.name}.meta.json")
+
+    @classmethod
+    def under(cls, root: ObjectStoragePath, identity: str, output_path: ObjectStoragePath) -> ObjectStateRecords:
+        """``<root>/<identity>.json`` and ``<root>/<digest of the output>.meta.json``: one root serves many tasks
+        and outputs, and the note of an output is found by any run that writes there."""
+        return cls(root / f"{identity[:32]}.json", root / f"{_digest(str(output_path))[:32]}.meta.json")
+
+    def _path(self, which: str) -> ObjectStoragePath:
+        return self.record_path if which == RECORD else self.meta_path
+
+    def _get(self, which: str) -> dict[str, Any] | None:
+        return _read_json(self._path(which))
+
+    def _set(self, which: str, data: dict[str, Any]) -> None:
+        _write_json(self._path(which), data)
+
+    def _delete(self, which: str) -> None:
+        self._path(which).unlink(missing_ok=True)
 
 
 def _read_json(path: ObjectStoragePath) -> dict[str, Any] | None:

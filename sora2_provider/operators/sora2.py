@@ -12,13 +12,31 @@ from airflow.sdk import BaseOperator
 
 from sora2_provider.compat import conf
 from sora2_provider.links import Sora2OutputLink, Sora2VideoLink
+from sora2_provider.operators._job import (
+    Job,
+    as_timedelta,
+    call_hook,
+    connection_state_root,
+    fail,
+    holds_noted_video,
+    job_state_store,
+    non_negative,
+    one_of,
+    output_uri,
+    positive,
+    retryable,
+    translate,
+    video_request,
+    wait_failed,
+    warn_if_local_file_on_remote_workers,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from sora2_provider.hooks.sora2 import Sora2Hook
     from sora2_provider.models import JobResult, VideoRequest
-    from sora2_provider.state import JobRecord, JobStateStore
+    from sora2_provider.state import JobRecord
 
 MODES = ("async", "sync")
 ORPHANED_INTENT_POLICIES = ("resubmit", "fail")
@@ -28,10 +46,12 @@ LITERAL_CHECKED_FIELDS = ("model", "duration", "size")
 class Sora2GenerateVideoOperator(BaseOperator):
     """Turn a prompt into an MP4 at ``output_path`` with Segmind's Sora 2, paying once however often it retries.
 
-    Every parameter is validated before any paid call. The job is recorded beside the output before
-    it is submitted, so a retry (or a crash, or a lost submit answer) resumes the job already paid for
-    instead of buying a new one; Segmind's request history finds jobs whose record expired. The MP4 is
-    streamed into object storage and appears at ``output_path`` only when complete.
+    Every parameter is validated before any paid call. The job is recorded before it is submitted, so a
+    retry (on any worker, after a crash, or after a lost submit answer) resumes the job already paid for
+    instead of buying a new one; Segmind's request history finds jobs whose record expired. The record lives
+    in Airflow's ``task_state_store`` (Airflow 3.3+; nothing is written beside the video), else beside the
+    output under ``_sora2_state/``, or under ``state_path`` when given. The MP4 is streamed into object
+    storage and appears at ``output_path`` only when complete.
 
     :param prompt: what the video shows (templated).
     :param output_path: where the MP4 goes: ``file:///abs/v.mp4``, ``s3://conn_id@bucket/key.mp4``, ... (templated).
@@ -47,6 +67,9 @@ class Sora2GenerateVideoOperator(BaseOperator):
     :param overwrite: regenerate even when a verified video from the same inputs is already stored.
     :param on_orphaned_intent: when an earlier try recorded its intent to submit but no request id, and
         the request history shows no such job: ``resubmit`` (default) or ``fail``.
+    :param state_path: keep the job records as JSON objects under this object-storage prefix (e.g.
+        ``s3://aws_default@bucket/_sora2_state/``) instead of the task state store; the connection extra
+        ``state_root`` sets a default for every task.
     :param generation_timeout: how long to wait for the video, counted from the submit (not the try).
     :param sora2_conn_id: the ``sora2`` connection.
 
@@ -76,6 +99,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         overwrite: bool = False,
         on_orphaned_intent: str = "resubmit",
         generation_timeout: timedelta | float = timedelta(hours=1),
+        state_path: Any = None,
         sora2_conn_id: str = "sora2_default",
         **kwargs: Any,
     ) -> None:
@@ -86,13 +110,14 @@ class Sora2GenerateVideoOperator(BaseOperator):
         self.duration = duration
         self.size = size
         self.input_reference = input_reference
-        self.mode = _one_of("mode", mode, MODES)
+        self.mode = one_of("mode", mode, MODES)
         self.deferrable = deferrable
-        self.poll_interval = _positive("poll_interval", poll_interval)
-        self.max_cost = None if max_cost is None else _non_negative("max_cost", max_cost)
+        self.poll_interval = positive("poll_interval", poll_interval)
+        self.max_cost = None if max_cost is None else non_negative("max_cost", max_cost)
         self.overwrite = overwrite
-        self.on_orphaned_intent = _one_of("on_orphaned_intent", on_orphaned_intent, ORPHANED_INTENT_POLICIES)
-        self.generation_timeout = _as_timedelta("generation_timeout", generation_timeout)
+        self.on_orphaned_intent = one_of("on_orphaned_intent", on_orphaned_intent, ORPHANED_INTENT_POLICIES)
+        self.generation_timeout = as_timedelta("generation_timeout", generation_timeout)
+        self.state_path = state_path
         self.sora2_conn_id = sora2_conn_id
         self.stored_video_uri: str | None = None
         self.segmind_output_url: str | None = None
@@ -112,6 +137,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         job = self._prepare(context)
+        warn_if_local_file_on_remote_workers(self, job.output)
         if job.existing is not None:
             self.log.info("A verified video from the same inputs is already at %s; nothing to pay for.", job.uri)
             return self._publish(context, job.existing)
@@ -129,10 +155,10 @@ class Sora2GenerateVideoOperator(BaseOperator):
         event = event or {}
         request_id = event.get("request_id") or (record.request_id if record else None)
         if record is None or request_id is None:
-            raise _fail(f"the job record at {job.store.record_path} vanished while the task was deferred")
+            raise fail(f"the job record in {job.store.location} vanished while the task was deferred")
         self._raise_if_failed(job, event)
         if event.get("status") == "error":
-            raise _wait_failed(request_id, event)
+            raise wait_failed(request_id, event)
         return self._store(context, hook, job, record)
 
     def on_kill(self) -> None:
@@ -141,26 +167,27 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     # ------------------------------------------------------------------ preparation (no network)
 
-    def _prepare(self, context: Context, *, check_existing: bool = True) -> _Job:
-        from sora2_provider.state import JobStateStore, fingerprint, identity_key
+    def _prepare(self, context: Context, *, check_existing: bool = True) -> Job:
+        from sora2_provider.state import fingerprint, identity_key
         from sora2_provider.storage import to_object_storage_path
 
         try:
-            request = _video_request(self.prompt, self.model, self.duration, self.size, self.input_reference)
+            request = video_request(self.prompt, self.model, self.duration, self.size, self.input_reference)
             output = to_object_storage_path(self.output_path)
-            _Job.check_connection_id(self.sora2_conn_id)
+            Job.check_connection_id(self.sora2_conn_id)
+            state_root = self._state_root()
         except ValueError as err:
-            raise _fail(str(err)) from None
+            raise fail(str(err)) from None
         self._check_budget(request)
         ti = context["ti"]
         identity = identity_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
         reference = None if self.input_reference is None else str(self.input_reference)
-        job = _Job(
+        job = Job(
             operator=self,
             request=request,
             output=output,
-            uri=_uri(self.output_path),
-            store=JobStateStore(output, identity),
+            uri=output_uri(self.output_path),
+            store=job_state_store(context, output, identity, state_root),
             identity=identity,
             fingerprint=fingerprint(request, self.sora2_conn_id, reference),
         )
@@ -168,24 +195,32 @@ class Sora2GenerateVideoOperator(BaseOperator):
             job.existing = self._existing_output(job)
         return job
 
+    def _state_root(self) -> ObjectStoragePath | None:
+        """Where the job records go when the user names a place: ``state_path``, else the connection's
+        ``state_root`` extra; None leaves the choice to :func:`job_state_store`."""
+        from sora2_provider.storage import to_object_storage_path
+
+        if self.state_path is not None:
+            return to_object_storage_path(self.state_path, "state_path")
+        root = connection_state_root(self.sora2_conn_id)
+        return None if root is None else to_object_storage_path(root, "state_root")
+
     def _check_budget(self, request: VideoRequest) -> None:
         estimate = request.estimated_cost
         if self.max_cost is not None and estimate > self.max_cost:
-            raise _fail(
+            raise fail(
                 f"max_cost: the job would cost {estimate:.2f} credits ({request.model}, {request.duration} s, "
                 f"{request.size}), above max_cost={self.max_cost:.2f}; nothing was submitted"
             )
 
-    def _existing_output(self, job: _Job) -> dict[str, Any] | None:
+    def _existing_output(self, job: Job) -> dict[str, Any] | None:
         """The stored result when a complete video made from the same inputs is already at the output."""
         meta = job.store.read_meta()
         if meta and meta.get("fingerprint") != job.fingerprint:
             self.log.info("The video at %s was made from other inputs; generating a new one.", job.uri)
             return None
-        if meta and _same_size(job.output, meta.get("bytes")) and _has_mp4_signature(job.output):
-            return {**meta["xcom"], "decision": "existing_output"}
         if meta:
-            return None
+            return {**meta["xcom"], "decision": "existing_output"} if holds_noted_video(job.output, meta) else None
         from sora2_provider.storage import inspect_video
 
         found = inspect_video(job.output)
@@ -202,7 +237,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     # ------------------------------------------------------------------ never pay twice
 
-    def _resolve_job(self, hook: Sora2Hook, job: _Job) -> JobRecord:
+    def _resolve_job(self, hook: Sora2Hook, job: Job) -> JobRecord:
         """Find the job this task instance already paid for, or submit one; the record says which."""
         record = job.store.read()
         if record is not None and record.fingerprint != job.fingerprint:
@@ -223,7 +258,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
                 return adopted
         return self._submit(hook, job)
 
-    def _adopt_from_history(self, hook: Sora2Hook, job: _Job, record: JobRecord) -> JobRecord | None:
+    def _adopt_from_history(self, hook: Sora2Hook, job: Job, record: JobRecord) -> JobRecord | None:
         """An intent without a request id: find the job in Segmind's request history, or decide to resubmit."""
         from sora2_provider.exceptions import Sora2Error
 
@@ -231,7 +266,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         try:
             rows = hook.find_requests(model=record.model, since=since)
         except Sora2Error as err:
-            raise _retryable(
+            raise retryable(
                 f"an earlier try may have paid for a job (intent recorded at {record.intent_at}) but the request "
                 f"history cannot be read ({err}); not resubmitting, to avoid paying twice"
             ) from None
@@ -248,10 +283,10 @@ class Sora2GenerateVideoOperator(BaseOperator):
             job.store.write(adopted)
             return adopted
         if self.on_orphaned_intent == "fail":
-            raise _fail(
+            raise fail(
                 f"an earlier try recorded its intent to submit at {record.intent_at} but no request id, and the "
                 f"request history shows no matching job; on_orphaned_intent='fail' refuses to risk paying twice. "
-                f"Delete {job.store.record_path} to allow a new submit."
+                f"Delete the job record in {job.store.location} to allow a new submit."
             )
         self.log.warning(
             "An earlier try recorded an intent to submit at %s but the request history shows no such job; "
@@ -260,7 +295,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         )
         return None
 
-    def _submit(self, hook: Sora2Hook, job: _Job) -> JobRecord:
+    def _submit(self, hook: Sora2Hook, job: Job) -> JobRecord:
         """Write the intent, then submit (async) or leave the v1 call to ``_generate_sync``."""
         from sora2_provider.state import JobRecord, utcnow
 
@@ -291,7 +326,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         return record
 
     @staticmethod
-    def _paid_call(job: _Job, method: Any, *args: Any) -> Any:
+    def _paid_call(job: Job, method: Any, *args: Any) -> Any:
         """Call a paid endpoint; when Segmind refused it with a 4xx (401, 406, 410...), no job exists: drop the
         intent record too."""
         from sora2_provider.exceptions import Sora2Error
@@ -301,11 +336,11 @@ class Sora2GenerateVideoOperator(BaseOperator):
         except Sora2Error as err:
             if not err.retryable and 400 <= (err.status_code or 0) < 500:
                 job.store.delete()
-            raise _translate(err) from None
+            raise translate(err) from None
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait_and_store(self, context: Context, hook: Sora2Hook, job: _Job, record: JobRecord) -> dict[str, Any]:
+    def _wait_and_store(self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord) -> dict[str, Any]:
         assert record.request_id is not None
         remaining = self._remaining(record)
         if self.deferrable and not (record.resumed_from and self._already_ended(hook, record.request_id)):
@@ -320,7 +355,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         event = self._poll(hook, record.request_id, remaining)
         self._raise_if_failed(job, event)
         if event["status"] == "error":
-            raise _wait_failed(record.request_id, event)
+            raise wait_failed(record.request_id, event)
         return self._store(context, hook, job, record)
 
     def _already_ended(self, hook: Sora2Hook, request_id: str) -> bool:
@@ -340,7 +375,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
         remaining = record.started_at + self.generation_timeout - utcnow()
         if remaining <= timedelta(0):
-            raise _retryable(
+            raise retryable(
                 f"job {record.request_id} has not finished within generation_timeout={self.generation_timeout} "
                 f"of its submit at {record.started_at.isoformat()}; the record is kept so a later try can still "
                 "collect the video if it completes"
@@ -368,27 +403,27 @@ class Sora2GenerateVideoOperator(BaseOperator):
             if event is not None:
                 return event
             if self._stop_polling.wait(self.poll_interval):
-                raise _retryable(f"polling of job {request_id} was stopped; the next try resumes it")
-        raise _retryable(f"job {request_id} did not finish within generation_timeout={self.generation_timeout}")
+                raise retryable(f"polling of job {request_id} was stopped; the next try resumes it")
+        raise retryable(f"job {request_id} did not finish within generation_timeout={self.generation_timeout}")
 
-    def _raise_if_failed(self, job: _Job, event: dict[str, Any]) -> None:
+    def _raise_if_failed(self, job: Job, event: dict[str, Any]) -> None:
         if event.get("status") == "failed":
             job.store.delete()  # a FAILED job is not billed: a retry may submit again
-            raise _retryable(f"Sora 2 job {event.get('request_id')} FAILED (not billed): {event.get('message')}")
+            raise retryable(f"Sora 2 job {event.get('request_id')} FAILED (not billed): {event.get('message')}")
 
     # ------------------------------------------------------------------ storing
 
-    def _store(self, context: Context, hook: Sora2Hook, job: _Job, record: JobRecord) -> dict[str, Any]:
+    def _store(self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord) -> dict[str, Any]:
         from sora2_provider.storage import atomic_writer
 
         assert record.request_id is not None
         result = self._result(hook, record.request_id)
         if not result.output_url:
-            raise _retryable(f"job {record.request_id} is {result.status} and has no output yet")
+            raise retryable(f"job {record.request_id} is {result.status} and has no output yet")
         started = time.monotonic()
         job.output.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(job.output) as handle:
-            download = _call(hook.download, result.output_url, handle)
+            download = call_hook(hook.download, result.output_url, handle)
         self._log_transfer(download.bytes, time.monotonic() - started, job.uri)
         xcom = {
             **job.describe(),
@@ -413,14 +448,14 @@ class Sora2GenerateVideoOperator(BaseOperator):
         try:
             return hook.get_result(request_id)
         except Sora2JobFailedError as err:
-            raise _retryable(f"Sora 2 job {request_id} FAILED (not billed): {err.segmind_message or err}") from None
+            raise retryable(f"Sora 2 job {request_id} FAILED (not billed): {err.segmind_message or err}") from None
         except Sora2NotFoundError:
             self.log.info("The v2 record of %s expired; reading its output from the request history.", request_id)
         except Sora2Error as err:
-            raise _translate(err) from None
-        row = _call(hook.get_request_record, request_id)
+            raise translate(err) from None
+        row = call_hook(hook.get_request_record, request_id)
         if row.status == "FAILED":
-            raise _retryable(f"Sora 2 job {request_id} FAILED (not billed): {row.error}")
+            raise retryable(f"Sora 2 job {request_id} FAILED (not billed): {row.error}")
         return JobResult(
             request_id=row.request_id,
             status=row.status or "UNKNOWN",
@@ -429,7 +464,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
             generation_seconds=None if row.latency_ms is None else round(row.latency_ms / 1000, 3),
         )
 
-    def _generate_sync(self, context: Context, hook: Sora2Hook, job: _Job, record: JobRecord) -> dict[str, Any]:
+    def _generate_sync(self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord) -> dict[str, Any]:
         """``mode="sync"``: one v1 call whose MP4 body streams straight into the output."""
         from sora2_provider.storage import atomic_writer
 
@@ -457,7 +492,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         }
         return self._finish(context, job, xcom)
 
-    def _finish(self, context: Context, job: _Job, xcom: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, context: Context, job: Job, xcom: dict[str, Any]) -> dict[str, Any]:
         job.store.write_meta({"fingerprint": job.fingerprint, "bytes": xcom["bytes"], "xcom": xcom})
         job.store.delete()
         self.log.info(
@@ -482,189 +517,3 @@ class Sora2GenerateVideoOperator(BaseOperator):
         self.log.info(
             "Downloaded %.1f MB to %s in %.1f s (%.1f MB/s).", megabytes, uri, seconds, megabytes / max(seconds, 1e-6)
         )
-
-
-class _Job:
-    """Everything one try knows about its job before talking to Segmind."""
-
-    def __init__(
-        self,
-        *,
-        operator: Sora2GenerateVideoOperator,
-        request: VideoRequest,
-        output: ObjectStoragePath,
-        uri: str,
-        store: JobStateStore,
-        identity: str,
-        fingerprint: str,
-    ) -> None:
-        self.operator = operator
-        self.request = request
-        self.output = output
-        self.uri = uri
-        self.store = store
-        self.identity = identity
-        self.fingerprint = fingerprint
-        self.existing: dict[str, Any] | None = None
-        self.sent_request: VideoRequest | None = None
-
-    @staticmethod
-    def check_connection_id(conn_id: Any) -> None:
-        if not isinstance(conn_id, str) or not conn_id.strip():
-            raise ValueError(f"sora2_conn_id: {conn_id!r} must name a 'sora2' connection")
-
-    def hook(self) -> Sora2Hook:
-        """The hook, with its connection checked (exists, has a key, sane host) before any network call."""
-        from sora2_provider.exceptions import Sora2Error
-        from sora2_provider.hooks.sora2 import Sora2Hook
-
-        hook = Sora2Hook(sora2_conn_id=self.operator.sora2_conn_id)
-        try:
-            hook.get_conn()
-        except Sora2Error as err:
-            raise _fail(str(err)) from None
-        return hook
-
-    def resolved_request(self, hook: Sora2Hook) -> VideoRequest:
-        """The request as sent: a local or object-storage ``input_reference`` is uploaded first."""
-        from dataclasses import replace
-
-        reference = self.operator.input_reference
-        if reference is None or _is_url(reference):
-            return self.request
-        url = _call(hook.upload_image, reference)
-        self.operator.log.info("Uploaded the reference image %s to %s.", reference, url)
-        return replace(self.request, input_reference=url)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "uri": self.uri,
-            "request_id": None,
-            "model": self.request.model,
-            "duration": self.request.duration,
-            "size": self.request.size,
-            "prompt": self.request.prompt,
-            "cost": None,
-            "remaining_credits": None,
-            "source_url": None,
-            "generation_seconds": None,
-            "resumed_from": None,
-        }
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _video_request(prompt: Any, model: Any, duration: Any, size: Any, input_reference: Any) -> VideoRequest:
-    """Validate through models.py; a path ``input_reference`` must point at an existing image."""
-    from sora2_provider.models import VideoRequest
-
-    reference = input_reference
-    if reference is not None and not _is_url(reference):
-        _check_image_path(reference)
-        reference = None
-    return VideoRequest.create(prompt, model=model, duration=duration, size=size, input_reference=reference)
-
-
-def _is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
-
-
-def _check_image_path(value: Any) -> None:
-    from sora2_provider.storage import to_object_storage_path
-
-    if isinstance(value, str) and "://" not in value:
-        value = "file://" + value if value.startswith("/") else value
-    try:
-        path = to_object_storage_path(value, "input_reference")
-    except ValueError as err:
-        raise ValueError(f"{err}; input_reference also takes an http(s) image URL or an absolute path") from None
-    if not path.is_file():
-        raise ValueError(f"input_reference: {value!s} does not exist; give an http(s) URL or an existing image path")
-
-
-def _uri(output_path: Any) -> str:
-    from airflow.sdk import ObjectStoragePath
-
-    if isinstance(output_path, ObjectStoragePath):
-        conn = f"{output_path.conn_id}@" if output_path.conn_id else ""
-        prefix = f"{output_path.protocol}://{conn}"
-        return prefix + output_path.path.lstrip("/") if output_path.protocol != "file" else prefix + output_path.path
-    return str(output_path)
-
-
-def _same_size(path: ObjectStoragePath, expected: Any) -> bool:
-    try:
-        return path.stat().st_size == expected
-    except FileNotFoundError:
-        return False
-
-
-def _has_mp4_signature(path: ObjectStoragePath) -> bool:
-    from sora2_provider.storage import MP4_SIGNATURE
-
-    with path.open("rb") as handle:
-        return handle.read(8)[4:8] == MP4_SIGNATURE
-
-
-def _call(method: Any, *args: Any) -> Any:
-    """Call the hook, turning errors a retry cannot fix into ``AirflowFailException``."""
-    from sora2_provider.exceptions import Sora2Error
-
-    try:
-        return method(*args)
-    except Sora2Error as err:
-        raise _translate(err) from None
-
-
-def _translate(err: Exception) -> Exception:
-    """A retry can help a transient error, a FAILED job or an uncertain submit; nothing else."""
-    return err if getattr(err, "retryable", False) else _fail(str(err))
-
-
-def _fail(message: str) -> Exception:
-    from sora2_provider.compat import AirflowFailException
-
-    return AirflowFailException(message)
-
-
-def _retryable(message: str) -> Exception:
-    from sora2_provider.compat import AirflowException
-
-    return AirflowException(message)
-
-
-def _wait_failed(request_id: str, event: dict[str, Any]) -> Exception:
-    """A wait that ended in an error: retryable (outage) or not (refused key); the job record stays either way."""
-    message = f"waiting for Sora 2 job {request_id} failed: {event.get('message')}"
-    if event.get("retryable", True):
-        return _retryable(message)
-    return _fail(
-        f"{message}. A retry cannot fix this; the job record is kept, so clearing the task once the cause is "
-        "fixed collects the job already paid for"
-    )
-
-
-def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}: {value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
-    return value
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{name}: {value!r} must be a positive number of seconds")
-    return float(value)
-
-
-def _non_negative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{name}: {value!r} must be a number of credits >= 0")
-    return float(value)
-
-
-def _as_timedelta(name: str, value: Any) -> timedelta:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else _positive(name, value)
-    if seconds <= 0:
-        raise ValueError(f"{name}: {value!r} must be positive")
-    return timedelta(seconds=seconds)

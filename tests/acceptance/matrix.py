@@ -130,6 +130,7 @@ TASK_SOURCE = """
         task_id={id!r},
         prompt={prompt!r},
         output_path={output!r},
+        state_path={state!r},
         duration=4,
         poll_interval={poll},
         mode={api!r},
@@ -162,6 +163,7 @@ def dag_source(dag_id: str, rows: tuple[Row, ...], workdir: Path) -> str:
             id=row.id,
             prompt=row.prompt,
             output=output_uri(workdir, row),
+            state=state_uri(workdir, row),
             deferrable=row.mode == "deferrable",
             api="sync" if row.mode == "sync" else "async",
             scenario=row.scenario,
@@ -178,6 +180,12 @@ def output_uri(workdir: Path, row: Row) -> str:
     if row.storage == "s3":
         return f"s3://{S3_CONN}@{S3_BUCKET}/{s3_prefix(workdir, row)}video.mp4"
     return f"file://{workdir}/{row.id}/video.mp4"
+
+
+def state_uri(workdir: Path, row: Row) -> str:
+    """The job records go beside the video (as on Airflow without a task state store): the worker-kill row
+    reruns its DAG run with a new ``dag.test()``, which deletes the run and with it any task-state rows."""
+    return output_uri(workdir, row).rsplit("/", 1)[0] + "/_sora2_state/"
 
 
 def s3_prefix(workdir: Path, row: Row) -> str:

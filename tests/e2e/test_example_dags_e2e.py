@@ -32,7 +32,7 @@ import pytest
 import requests
 
 from tests.e2e.support import S3_BUCKET, AirflowCluster
-from tests.support import TEST_API_KEY, probe_mp4
+from tests.support import TEST_API_KEY, probe_mp4, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -175,8 +175,7 @@ def test_daily_video_in_s3(airflow_cluster: AirflowCluster, single_runs: Runs, s
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     assert_valid_video(s3.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read(), xcom)
     listed = [obj["Key"] for obj in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"daily/{RUN_DATE}/")["Contents"]]
-    stray = [name for name in listed if name != key and "/_sora2_state/" not in name]
-    assert not stray, f"objects other than the video and its state record: {stray}"
+    assert listed == [key], "the job record lives in Airflow's task state store: nothing but the video in the bucket"
     assert not s3.list_multipart_uploads(Bucket=S3_BUCKET).get("Uploads"), "an unfinished multipart upload is left"
 
 
@@ -221,6 +220,36 @@ def test_one_charge_per_video(airflow_cluster: AirflowCluster, single_runs: Runs
     assert sorted(job["request_id"] for job in ledger) == sorted(x["request_id"] for x in xcoms), ledger
     assert single_runs.ledger["charges"] == {x["request_id"]: x["cost"] for x in xcoms}
     assert all(job["status"] == "COMPLETED" and job["api"] == "v2" for job in ledger), ledger
+
+
+def test_clear_and_rerun_returns_the_stored_video_without_a_call(
+    airflow_cluster: AirflowCluster, single_runs: Runs, e2e_emulator: Any
+) -> None:
+    """The output note kept in the task state store survives a clear: the rerun pays nothing, calls nothing."""
+    assert_run_succeeded(airflow_cluster, single_runs, DAILY_S3)
+    run_id = single_runs.run_ids[DAILY_S3]
+    before = airflow_cluster.xcom(DAILY_S3, run_id, "generate_video")
+    state = f"/dags/{DAILY_S3}/dagRuns/{run_id}/taskInstances/generate_video/state-store"
+    note = airflow_cluster.api("GET", f"{state}/sora2_output")
+    assert note["value"]["xcom"]["request_id"] == before["request_id"], note
+    calls = len(e2e_emulator.request_log)
+
+    tries = airflow_cluster.task_instances(DAILY_S3, run_id)["generate_video"]["try_number"]
+    body = {"dry_run": False, "only_failed": False, "dag_run_id": run_id, "task_ids": ["generate_video"]}
+    cleared = airflow_cluster.api("POST", f"/dags/{DAILY_S3}/clearTaskInstances", json=body)
+    assert [ti["task_id"] for ti in cleared["task_instances"]] == ["generate_video"], cleared
+
+    def rerun_finished() -> bool:
+        ti = airflow_cluster.task_instances(DAILY_S3, run_id)["generate_video"]
+        return ti["try_number"] > tries and ti["state"] in ("success", "failed")
+
+    wait_for("the cleared task's rerun", rerun_finished, RUN_DEADLINE)
+    assert airflow_cluster.task_instances(DAILY_S3, run_id)["generate_video"]["state"] == "success"
+
+    after = airflow_cluster.xcom(DAILY_S3, run_id, "generate_video")
+    assert after["decision"] == "existing_output"
+    assert {k: v for k, v in after.items() if k != "decision"} == {k: v for k, v in before.items() if k != "decision"}
+    assert len(e2e_emulator.request_log) == calls, e2e_emulator.request_log[calls:]
 
 
 # ---------------------------------------------------------------------------------------------- the batch

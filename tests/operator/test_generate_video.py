@@ -81,6 +81,12 @@ def run_generate(
     return dag_runner.run(dag_id, source, **test_kwargs)
 
 
+def ObjectPath(uri: str) -> Any:
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(uri)
+
+
 def read_output(uri: str) -> bytes:
     from airflow.sdk import ObjectStoragePath
 
@@ -94,6 +100,45 @@ def charged(emulator) -> list[dict]:
 @pytest.fixture
 def file_output(tmp_path):
     return f"file://{tmp_path}/videos/out.mp4"
+
+
+class Records:
+    """Where a test's job records live: Airflow's task state store (the default on 3.3) or ``state_path``."""
+
+    def __init__(self, layout: str, tmp_path) -> None:
+        self.layout = layout
+        self.root = tmp_path / "records"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"state_path": f"file://{self.root}/"} if self.layout == "state_path" else {}
+
+    def job_record(self, run) -> dict | None:
+        """The job record of the run's ``generate`` task, read from where this layout keeps it."""
+        if self.layout == "state_path":
+            files = [p for p in self.root.glob("*.json") if not p.name.endswith(".meta.json")]  # meta: the note
+            assert len(files) <= 1, files
+            return json.loads(files[0].read_text()) if files else None
+        return task_state_value(run, "generate", "sora2_job")
+
+
+def task_state_value(run, task_id: str, key: str) -> Any:
+    """A value in Airflow's ``task_state_store`` table for one task instance of ``run``."""
+    from airflow.models.task_state_store import TaskStateStoreModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(TaskStateStoreModel)
+            .filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key=key)
+            .one_or_none()
+        )
+        return None if row is None else json.loads(row.value) if isinstance(row.value, str) else row.value
+
+
+@pytest.fixture(params=["task_state_store", "state_path"])
+def records(request, tmp_path) -> Records:
+    return Records(request.param, tmp_path)
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -149,7 +194,7 @@ def test_deferrable_run_passes_through_the_triggerer(sora2_conn, dag_runner, fil
     assert "Job" in output and "ended: completed" in output
 
 
-def test_retry_after_the_worker_died_resumes_the_paid_job(sora2_conn, dag_runner, file_output, console):
+def test_retry_after_the_worker_died_resumes_the_paid_job(sora2_conn, dag_runner, file_output, console, records):
     run = run_generate(
         dag_runner,
         "gen_dies",
@@ -159,6 +204,7 @@ def test_retry_after_the_worker_died_resumes_the_paid_job(sora2_conn, dag_runner
         output_path=file_output,
         prompt="a lighthouse at dusk",
         duration=4,
+        **records.kwargs,
     )
 
     assert run.state == "success"
@@ -167,6 +213,29 @@ def test_retry_after_the_worker_died_resumes_the_paid_job(sora2_conn, dag_runner
     assert result["decision"] == "resumed" and result["resumed_from"] == result["request_id"]
     assert len(sora2_conn.ledger) == 1 and len(charged(sora2_conn)) == 1
     assert f"Resuming job {result['request_id']}" in console.read()
+    assert sorted(p.name for p in ObjectPath(file_output).parent.iterdir()) == ["out.mp4"]
+
+
+def test_the_job_record_is_written_before_the_paid_call_and_kept_by_a_dead_try(
+    sora2_conn, dag_runner, file_output, records
+):
+    run = run_generate(
+        dag_runner,
+        "gen_dies_once",
+        operator="DiesAfterSubmit",
+        preamble=DIE_AFTER_SUBMIT,
+        output_path=file_output,
+        prompt="a tram in the rain",
+        duration=4,
+        **records.kwargs,
+    )
+
+    assert run.state == "failed"
+    record = records.job_record(run)
+    assert record is not None, f"no job record in the {records.layout} layout"
+    assert record["request_id"] == sora2_conn.ledger[0]["request_id"]
+    assert record["intent_at"] <= record["submitted_at"] and record["decision"] == "new_submit"
+    assert not ObjectPath(file_output).parent.exists(), "nothing may be written beside the output"
 
 
 def test_submit_answered_502_after_creating_the_job_is_adopted_from_history(sora2_conn, dag_runner, file_output):
@@ -220,22 +289,53 @@ def test_orphaned_intent_with_policy_fail_refuses_to_resubmit(sora2_conn, dag_ru
     assert "on_orphaned_intent='fail'" in console.read()
 
 
-def test_changed_prompt_on_clear_and_rerun_submits_a_new_job(sora2_conn, dag_runner, file_output, console):
-    when = datetime.datetime(2025, 3, 1, tzinfo=datetime.timezone.utc)
-    first = run_generate(
+def test_changed_prompt_on_a_later_try_submits_a_new_job(sora2_conn, dag_runner, file_output, console, records):
+    run = run_generate(
         dag_runner,
         "gen_edit",
+        retries=1,
+        operator="DiesAfterSubmit",
+        preamble=DIE_AFTER_SUBMIT,
+        output_path=file_output,
+        prompt="{{ 'a cat' if ti.try_number == 1 else 'a dog' }}",
+        duration=4,
+        **records.kwargs,
+    )
+
+    assert run.state == "success"
+    assert [job["prompt"] for job in sora2_conn.ledger] == ["a cat", "a dog"]
+    assert xcom_value(run, "generate")["decision"] == "new_submit"
+    assert "is abandoned" in console.read()
+
+
+def test_changed_prompt_on_a_rerun_of_the_same_logical_date_submits_a_new_job(
+    sora2_conn, dag_runner, file_output, console
+):
+    """``state_path`` records outlive the dag run; ``dag.test()`` deletes and recreates the run of a logical
+    date, which also deletes its task-state rows, so this clear-and-rerun needs the object layout."""
+    when = datetime.datetime(2025, 3, 1, tzinfo=datetime.timezone.utc)
+    state_path = file_output.rsplit("/", 2)[0] + "/records/"
+    first = run_generate(
+        dag_runner,
+        "gen_edit_rerun",
         operator="DiesAfterSubmit",
         preamble=DIE_AFTER_SUBMIT,
         output_path=file_output,
         prompt="a cat",
         duration=4,
         logical_date=when,
+        state_path=state_path,
     )
     assert first.state == "failed" and len(sora2_conn.ledger) == 1
 
     second = run_generate(
-        dag_runner, "gen_edit", output_path=file_output, prompt="a dog", duration=4, logical_date=when
+        dag_runner,
+        "gen_edit_rerun",
+        output_path=file_output,
+        prompt="a dog",
+        duration=4,
+        logical_date=when,
+        state_path=state_path,
     )
 
     assert second.run_id == first.run_id and second.state == "success"
@@ -244,11 +344,18 @@ def test_changed_prompt_on_clear_and_rerun_submits_a_new_job(sora2_conn, dag_run
     assert "is abandoned" in console.read()
 
 
-def test_rerun_of_a_succeeded_task_makes_no_api_call(sora2_conn, dag_runner, file_output):
-    first = run_generate(dag_runner, "gen_rerun", output_path=file_output, prompt="a sailboat", duration=4)
+def test_rerun_of_a_succeeded_task_makes_no_api_call(sora2_conn, dag_runner, file_output, tmp_path):
+    """A new ``dag.test()`` of a logical date deletes the old run (and its task-state rows): the output note
+    that carries the XCom across runs needs the object layout here; the e2e suite clears a real run instead."""
+    records = Records("state_path", tmp_path)
+    first = run_generate(
+        dag_runner, "gen_rerun", output_path=file_output, prompt="a sailboat", duration=4, **records.kwargs
+    )
     calls_after_first = len(sora2_conn.request_log)
 
-    second = run_generate(dag_runner, "gen_rerun", output_path=file_output, prompt="a sailboat", duration=4)
+    second = run_generate(
+        dag_runner, "gen_rerun", output_path=file_output, prompt="a sailboat", duration=4, **records.kwargs
+    )
 
     assert second.state == "success"
     assert len(sora2_conn.request_log) == calls_after_first
@@ -286,7 +393,7 @@ class RecordsOutputBeforeRetry(Sora2GenerateVideoOperator):
         duration=4,
     )
 
-    assert (tmp_path / "listing.txt").read_text() == "['_sora2_state']"
+    assert (tmp_path / "listing.txt").read_text() == "[]", "a cut download must leave nothing beside the output"
     assert run.state == "success"
     assert probe_mp4(read_output(output))
     assert len(charged(sora2_conn)) == 1
