@@ -44,8 +44,9 @@ SETTINGS: dict[str, str | None] = {
     "AIRFLOW__CORE__PARALLELISM": "8",
     "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
     "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-    # Worker loss: a task whose supervisor stopped heartbeating (every 5 s) is failed, and retried, after 15 s.
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
+    # Worker loss: a task whose supervisor stopped heartbeating (every 2 s) is failed, and retried, after 12 s.
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "12",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
     # Triggerer loss: a new triggerer takes over the triggers of one whose heartbeat is 10 s old.
     "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",

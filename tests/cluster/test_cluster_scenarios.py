@@ -17,6 +17,7 @@ from tests.airflow_cluster import AirflowCluster
 from tests.cluster.support import (
     BATCH,
     BATCH_PROMPTS,
+    BUCKET,
     EXAMPLE_S3,
     EXAMPLE_S3_DATE,
     POOL,
@@ -149,6 +150,16 @@ def test_example_s3_dag_on_celery_workers(
 
 # ---------------------------------------------------------------------------------------------- 2 and 5. a worker
 
+JOB_RECORD_KEY = "sora2_job"
+
+
+def task_state(cluster: AirflowCluster, dag_id: str, run_id: str, map_index: int = -1) -> dict[str, Any]:
+    """The task instance's rows in Airflow's task state store (public REST API), by key."""
+    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/generate_video/state-store"
+    rows = cluster.api("GET", path, params={"map_index": map_index})["task_state_store"]
+    return {row["key"]: row["value"] for row in rows}
+
+
 
 def kill_worker_after_submit(
     cluster: AirflowCluster, emulator: Any, dag_id: str, prompt: str
@@ -193,7 +204,6 @@ def assert_resumed_on_the_other_worker(
     return xcom
 
 
-@pytest.mark.xfail(strict=True, reason="needs task_state_store record (main)")
 def test_worker_killed_after_submit_retry_resumes_on_the_other_worker(
     cluster: AirflowCluster, cluster_emulator: Any, s3: Any
 ) -> None:
@@ -201,20 +211,25 @@ def test_worker_killed_after_submit_retry_resumes_on_the_other_worker(
     cannot see the killed one's files, and nothing is written beside the output."""
     run_id, killed, job = kill_worker_after_submit(cluster, cluster_emulator, WORKER_KILL, WORKER_KILL_PROMPT)
     assert keys_under(s3, f"{WORKER_KILL}/") == [], "a record beside the output"
+    record = task_state(cluster, WORKER_KILL, run_id).get(JOB_RECORD_KEY)
+    assert record is not None and record["request_id"] == job["request_id"], record
     assert_resumed_on_the_other_worker(cluster, s3, cluster_emulator, WORKER_KILL, run_id, killed, job)
 
 
-@pytest.mark.xfail(strict=True, reason="needs state_path= (explicit S3 job record) on the operator (main)")
 def test_worker_killed_after_submit_s3_record_prevents_a_second_charge(
     cluster: AirflowCluster, cluster_emulator: Any, s3: Any
 ) -> None:
-    """As above with ``state_path=`` in S3: the record the retry resumes from is the S3 object."""
+    """As above with ``state_path=`` in S3, so Airflow's task state store is not used: the record the retry resumes
+    from is the S3 object (the path of Airflow versions without a task state store)."""
     before = keys_under(s3, STATE_PREFIX)
     run_id, killed, job = kill_worker_after_submit(
         cluster, cluster_emulator, WORKER_KILL_S3_STATE, WORKER_KILL_S3_STATE_PROMPT
     )
     records = [key for key in keys_under(s3, STATE_PREFIX) if key not in before]
-    assert records, f"no job record under s3://{STATE_PREFIX} after the submit"
+    assert records, f"no job record under s3://{BUCKET}/{STATE_PREFIX} after the submit"
+    bodies = [s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode() for key in records]
+    assert any(job["request_id"] in body for body in bodies), bodies
+    assert task_state(cluster, WORKER_KILL_S3_STATE, run_id) == {}, "records in the task state store too"
     assert_resumed_on_the_other_worker(cluster, s3, cluster_emulator, WORKER_KILL_S3_STATE, run_id, killed, job)
 
 
