@@ -188,8 +188,16 @@ def assert_resumed_on_the_other_worker(
     cluster: AirflowCluster, s3: Any, emulator: Any, dag_id: str, run_id: str, killed: str, job: dict[str, Any]
 ) -> dict[str, Any]:
     prompt = job["prompt"]
-    ti = finished_run(cluster, dag_id, run_id)["generate_video"]
     (other,) = set(WORKERS) - {killed}
+
+    def retry_on_the_other_worker() -> bool:
+        cluster.check_alive()
+        ti = cluster.task_instances(dag_id, run_id)["generate_video"]
+        return (ti["try_number"] == 2 and ti["hostname"] == other) or ti["state"] in ("success", "failed")
+
+    wait_for(f"{dag_id}: the retry running on {other}", retry_on_the_other_worker, RUN_DEADLINE)
+    cluster.restart(killed)  # back for the next scenario; the retry is on the other worker already
+    ti = finished_run(cluster, dag_id, run_id)["generate_video"]
     assert ti["try_number"] == 2 and ti["hostname"] == other, ti
     first = cluster.task_log_files(dag_id, run_id, "generate_video", home=cluster.hosts[killed].home)
     second = cluster.task_log_files(dag_id, run_id, "generate_video", home=cluster.hosts[other].home)
