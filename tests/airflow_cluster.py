@@ -350,6 +350,16 @@ class AirflowCluster:
     def check_alive(self) -> None:
         self.processes.check_alive()
 
+    def assert_running(self, name: str) -> None:
+        """``name`` still runs under the PID it was started with: it never exited, died or was restarted."""
+        started = self.processes.started[name]
+        exited = started.popen.poll()
+        assert exited is None, f"{name} (PID {started.popen.pid}) exited with {exited}:\n{self.log_tail(name)}"
+        process = psutil.Process(started.popen.pid)
+        assert process.status() != psutil.STATUS_ZOMBIE, f"{name} (PID {started.popen.pid}) is a zombie"
+        command = started.argv[1] if len(started.argv) > 1 else started.argv[0]  # ``airflow <command>``
+        assert command in process.cmdline(), process.cmdline()
+
     def log_tail(self, name: str, lines: int = 40) -> str:
         return self.processes.log_tail(name, lines)
 
@@ -395,16 +405,19 @@ class AirflowCluster:
     # -- REST API -------------------------------------------------------------------------------
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {}
-        if self.credentials is not None:
-            if self._token is None:
+        """Call the public REST API with a JWT from the simple auth manager: ``POST /auth/token`` with the
+        credentials, or ``GET /auth/token`` in ``simple_auth_manager_all_admins`` mode (3.2+ also accepts calls
+        without a token there, 3.1 does not; the token works on every line)."""
+        if self._token is None:
+            if self.credentials is not None:
                 user, password = self.credentials
-                answer = requests.post(
-                    f"{self.api_url}/auth/token", json={"username": user, "password": password}, timeout=30
-                )
-                answer.raise_for_status()
-                self._token = answer.json()["access_token"]
-            headers["Authorization"] = f"Bearer {self._token}"
+                body = {"username": user, "password": password}
+                answer = requests.post(f"{self.api_url}/auth/token", json=body, timeout=30)
+            else:
+                answer = requests.get(f"{self.api_url}/auth/token", timeout=30)
+            answer.raise_for_status()
+            self._token = answer.json()["access_token"]
+        headers = {"Authorization": f"Bearer {self._token}"}
         response = requests.request(method, f"{self.api_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
         response.raise_for_status()
         return response.json()
@@ -453,6 +466,11 @@ class AirflowCluster:
             ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]": ti
             for ti in rows["task_instances"]
         }
+
+    def rendered_fields(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """A task instance's rendered template fields, from its own route (the list route leaves them empty on 3.2)."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        return self.api("GET", path if map_index < 0 else f"{path}/{map_index}")["rendered_fields"]
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
