@@ -79,7 +79,7 @@ def run_single(dag_runner, tmp_path, dag_id: str, *, operator: str = "Sora2Gener
         kwargs=kwargs,
     )
     run = dag_runner.run(dag_id, source)
-    return run, task_instances(run)["generate"]
+    return task_instances(run)["generate"]
 
 
 def test_mapped_20_with_cap_4_pays_exactly_5_and_fails_15_in_one_try(
@@ -110,21 +110,21 @@ def test_mapped_20_with_cap_4_pays_exactly_5_and_fails_15_in_one_try(
 
 def test_a_cap_change_takes_effect_at_the_next_submit(dag_runner, emulator, monkeypatch, tmp_path, console):
     cap_conn(monkeypatch, emulator, 1.0)
-    run, ti = run_single(dag_runner, tmp_path, "cap_change_1")
+    ti = run_single(dag_runner, tmp_path, "cap_change_1")
     assert ti.state == "success"
-    run, ti = run_single(dag_runner, tmp_path, "cap_change_2")
+    ti = run_single(dag_runner, tmp_path, "cap_change_2")
     assert (ti.state, ti.try_number) == ("failed", 1)
     assert "0.80 credits spent in the last 24 h" in console.read()
     assert len(paid_posts(emulator)) == 1
 
     cap_conn(monkeypatch, emulator, 1.6)  # raised: the very next submit sees it
-    run, ti = run_single(dag_runner, tmp_path, "cap_change_3")
+    ti = run_single(dag_runner, tmp_path, "cap_change_3")
     assert ti.state == "success"
     assert len(emulator.charges()) == 2
 
     cap_conn(monkeypatch, emulator, None)  # removed: no cap, no history read before the submit
     history_calls = sum(1 for e in emulator.request_log if "request-history" in e["path"])
-    run, ti = run_single(dag_runner, tmp_path, "cap_change_4")
+    ti = run_single(dag_runner, tmp_path, "cap_change_4")
     assert ti.state == "success"
     assert sum(1 for e in emulator.request_log if "request-history" in e["path"]) == history_calls
     assert len(emulator.charges()) == 3
@@ -134,13 +134,13 @@ def test_operator_argument_lowers_but_never_raises_the_connection_cap(
     dag_runner, emulator, monkeypatch, tmp_path, console
 ):
     cap_conn(monkeypatch, emulator, 2.0)
-    run, ti = run_single(dag_runner, tmp_path, "cap_lower", max_spend_per_day=0.5)
+    ti = run_single(dag_runner, tmp_path, "cap_lower", max_spend_per_day=0.5)
     assert (ti.state, ti.try_number) == ("failed", 1)
     assert "the cap is 0.50 credits" in console.read()
     assert paid_posts(emulator) == []
 
     cap_conn(monkeypatch, emulator, 0.5)
-    run, ti = run_single(dag_runner, tmp_path, "cap_raise", max_spend_per_day=100.0)
+    ti = run_single(dag_runner, tmp_path, "cap_raise", max_spend_per_day=100.0)
     assert (ti.state, ti.try_number) == ("failed", 1)
     output = console.read()
     assert "cannot raise the connection's cap of 0.50 credits" in output
@@ -154,13 +154,13 @@ def test_a_resumed_job_is_never_refused(
     """The cap is exactly one job. The first try submits and dies; the retry resumes the job it already paid for:
     no cap check (a new submit would be refused: 0.8 + 0.8 > 0.8), one charge."""
     cap_conn(monkeypatch, emulator, PRICE)
-    run, ti = run_single(dag_runner, tmp_path, "cap_resume", operator="DiesAfterSubmit")
+    ti = run_single(dag_runner, tmp_path, "cap_resume", operator="DiesAfterSubmit")
     assert (ti.state, ti.try_number) == ("success", 2)
     assert len(paid_posts(emulator)) == 1
     assert len(emulator.charges()) == 1
     assert "max_spend_per_day: refusing" not in console.read()
 
-    run, ti = run_single(dag_runner, tmp_path, "cap_after_resume")  # the day's allowance is now used up
+    ti = run_single(dag_runner, tmp_path, "cap_after_resume")  # the day's allowance is now used up
     assert (ti.state, ti.try_number) == ("failed", 1)
     assert "0.80 credits spent in the last 24 h (0.80 charged for 1 completed jobs" in console.read()
 
