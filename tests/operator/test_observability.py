@@ -86,12 +86,14 @@ def test_openlineage_complete_event_names_the_video_the_image_and_the_sora2_face
     dag_runner, emulator, tmp_path
 ):
     from sora2_provider.lineage import SCHEMA_FILE, SCHEMA_URL
+    from tests.unit.test_readme_observability import exported
 
+    (readme_transport,) = map(json.loads, exported("AIRFLOW__OPENLINEAGE__TRANSPORT").values())  # the README's
     events = tmp_path / "openlineage.jsonl"
     output = f"file://{tmp_path}/videos/fox.mp4"
     image = png(tmp_path / "reference.png")
     env = {
-        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(events), "append": True}),
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({**readme_transport, "log_file_path": str(events)}),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "sora2-tests",
         "AIRFLOW_CONN_SORA2_DEFAULT": connection_json(emulator.url),
     }
