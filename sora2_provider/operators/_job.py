@@ -243,6 +243,13 @@ def metrics() -> Any:
     return module
 
 
+def lineage() -> Any:
+    """:mod:`sora2_provider.lineage` (needs the OpenLineage provider), imported only when its provider asks."""
+    from sora2_provider import lineage as module
+
+    return module
+
+
 def wait_failed(request_id: str, event: dict[str, Any]) -> Exception:
     """A wait that ended in an error: retryable (outage) or not (refused key); the job record stays either way."""
     message = f"waiting for Sora 2 job {request_id} failed: {event.get('message')}"

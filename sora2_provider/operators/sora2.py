@@ -20,6 +20,7 @@ from sora2_provider.operators._job import (
     fail,
     holds_noted_video,
     job_state_store,
+    lineage,
     metrics,
     non_negative,
     one_of,
@@ -170,16 +171,11 @@ class Sora2GenerateVideoOperator(BaseOperator):
         return self._store(context, hook, job, record, event)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage (when its provider is installed): output = the stored video, input = a stored reference
-        image, run facet ``sora2`` (model, duration, size, request id, cost, decision, generation time)."""
-        from sora2_provider.lineage import operator_lineage
-
-        return operator_lineage(self, task_instance)
+        """OpenLineage: the stored video, a stored reference image and the ``sora2`` run facet (lineage.py)."""
+        return lineage().operator_lineage(self, task_instance)
 
     def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
-        from sora2_provider.lineage import operator_lineage
-
-        return operator_lineage(self, task_instance, failed=True)
+        return lineage().operator_lineage(self, task_instance, failed=True)
 
     def on_kill(self) -> None:
         """Stop worker-side polling; the job record stays so the next try resumes the paid job."""
