@@ -10,33 +10,36 @@ EXPLANATIONS: dict[str, str] = {
         "(18 s) the target holds. If it misses at full size, the `phases_s` figures say which side grew."
     ),
     "P2 peak RSS added, operator -> moto S3": (
-        "s3fs keeps a whole part in a BytesIO and copies it when it uploads it (`buffer.read(blocksize)`), and "
-        "aiobotocore holds the request body: about three parts live at once. With fsspec's default block size "
-        "(50 MiB for s3fs) that is ~155 MiB whatever the video size; `atomic_writer` must open the object with "
-        "`block_size=WRITE_BLOCK_SIZE` (8 MiB parts measured ~29 MiB added). A miss here means the part size grew "
-        "again or another copy of the data appeared in the path."
+        "the object is written by `S3PartWriter` (sora2_provider/_writers.py): `PARTS_IN_FLIGHT` parts of "
+        "`WRITE_BLOCK_SIZE` upload at once on s3fs's event loop while the next one fills, behind the download "
+        "pipeline's two queues of 4 x 1 MiB chunks. Each part in flight costs about 2.5x its size in RSS (the "
+        "body, aiobotocore's and aiohttp's handling of it, and freed blocks kept by the allocator arenas of the "
+        "threads involved): 3 x 8 MiB parts measured 76 MiB added, 2 x 8 MiB 60 MiB, one part at a time inside "
+        "s3fs's `write()` 29 MiB. A miss means the part size or the parts in flight grew, or another copy of the "
+        "data appeared in the path; fewer or smaller parts (S3's minimum is 5 MiB) bring it back."
     ),
     "P3 MB/s, operator -> file://": (
-        "the operator does more than the baseline loop: the hook hashes every chunk (sha256, reported in the XCom) "
-        "in the thread that reads the socket and writes the file, and `atomic_writer` fsyncs the file before it "
-        "renames it into place, while the baseline only fills the page cache. The rows 'raw stream-to-file + "
-        "sha256' and '+ sha256 + fsync' are the raw loop doing that same work, and the note under P3 gives the "
-        "operator's ratio to them: the target, as stated, compares a durable and verified store with one that is "
-        "neither. Fixes, if the speed matters more than the simplicity: hash in a second thread fed by a bounded "
-        "queue of 2-4 chunks (hashlib releases the GIL on large updates), which overlaps hashing with the network "
-        "on a worker with a spare core; start write-back during the download (e.g. `os.fdatasync` of the "
-        "written part every 64 MiB in that same thread) so the final fsync has little left to flush; and state "
-        "the target against the '+ sha256 + fsync' row."
+        "the download now hashes in a second thread and writes (with write-back started every 8 MiB, fdatasync "
+        "every 64 MiB) in a third, fed by bounded queues, so the operator does the raw loop's transfer plus a "
+        "sha256 and an fsync at the speed of the raw loop that only hashes (the note under P3: 0.98x of 'raw + "
+        "sha256', 1.10x of 'raw + sha256 + fsync' in the 2026-12-02 run; before the pipeline it was 0.51x and "
+        "0.89x of those, and 0.33x of the baseline). What is left is CPU: that run had a load average of about 10 "
+        "on 2 cores (other engineers' test suites), so the hashing thread found no idle core and its work "
+        "(sha256 of 1 GiB, ~0.7 s of CPU) was added to the transfer instead of overlapping it; the per-round "
+        "ratios (0.42 to 0.73) follow the load, not the code. On a worker with a spare core the hash overlaps "
+        "(hashlib releases the GIL); the fsync cannot beat the disk, and the baseline neither hashes nor makes "
+        "the file durable. Re-run on a quiet machine before changing the design."
     ),
     "P3 MB/s, operator -> moto S3": (
-        "the target compares with a stream to local disk, but the data goes through moto, a single-process "
-        "Python server: the row 'raw stream -> boto3 -> moto' is the most that moto takes here, far below 0.9x "
-        "of local disk, so no S3 writer can meet this target on this machine (measure against real S3, or against "
-        "that row). Against moto's own ceiling (the note under P3) the gap is that s3fs uploads a part "
-        "synchronously inside `write()` when its buffer fills, so the download stalls during every part upload, "
-        "while boto3's `upload_fileobj` uploads parts from threads. Fix: a writer thread with a bounded queue "
-        "between `download` and the S3 file (2-3 parts in flight, memory stays a few parts), together with the "
-        "smaller parts of the P2 fix."
+        "parts now upload from s3fs's event loop, `PARTS_IN_FLIGHT` (2) at a time while the next fills, behind the "
+        "download pipeline's writer thread, instead of one at a time inside `write()`: 0.645x of the raw boto3 "
+        "upload to moto in the 2026-12-02 run (per round 0.51, 0.75, 0.83), vs 0.59x before. 3 parts in flight "
+        "cost 76 MiB of RSS (P2's limit is 64), so 2. The rest of the gap: moto is a single Python process on "
+        "the same 2 cores (load ~10 during the run), and boto3's `upload_fileobj` sends with 10 threads over "
+        "urllib3 with no hashing, while the operator also hashes, and aiobotocore/aiohttp costs more CPU per "
+        "part; from memory, without the download, the writer alone took 28-31 MB/s with 1, 3 or 6 parts in flight "
+        "vs boto3's 34 MB/s in a one-off run, so more parts in flight would not close it here. Measure against a "
+        "real S3 endpoint (or a quiet machine) before tuning further."
     ),
     "P4 import ms added, sensors.credits": (
         "`sora2_provider/sensors/credits.py` imports `sora2_provider.triggers.credits` at the top, which imports "
@@ -58,22 +61,25 @@ EXPLANATIONS: dict[str, str] = {
         "repeatedly."
     ),
     "P5 wall s vs rate-limit bound": (
-        "the batch needs more keyed calls than the 3 per video the bound counts (`accepted_keyed_calls` in "
-        "results.json): each trigger polls the status as soon as it starts, right after the submit, when the job "
-        "cannot be finished, and every such call that finds room in a window takes a slot that a useful call "
-        "needed. 300 calls fill exactly 6 windows of 50, so a handful of extra calls costs a whole extra window "
-        "(+20%). Fixes: wait one poll interval (or a fraction of the model's typical render time) before the first "
-        "status call, in the trigger and in the worker-side `_poll`; a one-off run of this benchmark with "
-        "`Sora2JobTrigger.run` wrapped to sleep `poll_interval` first made exactly 300 calls and took 101 s "
-        "(1.01x the bound, vs 1.21x). Also share one call budget per connection in a "
-        "process (a token bucket fed by `x-rate-limit-reset-at-utc`) so that calls wait instead of being refused "
-        "and retried; and, if Segmind's `GET /v2/requests/{id}` answers the status while the job runs (the "
-        "emulator does; segmind-api.md only specifies its COMPLETED and FAILED answers), poll that instead of "
-        "status then result: 2 calls per video, 4 windows instead of 6. Also seen in the code: `aget_status` runs "
-        "`get_status`, retries and their sleeps included, in `asyncio.to_thread`, so a trigger waiting out a 429 "
-        "(up to `max_wait`, 60 s) holds one of the loop's few default-executor threads (min(32, cores + 4) = 6 "
-        "here) that every other trigger of the triggerer needs; retry waits belong in the coroutine "
-        "(`await asyncio.sleep`)."
+        "the batch needed more keyed calls than the 2 per video the bound counts (`accepted_keyed_calls` and "
+        "`refused_429` in results.json): with 200 calls filling exactly 4 windows of 50, a handful of extra calls "
+        "(history reads, refusals of calls already in flight when a window closed) costs a whole extra window. "
+        "The history watcher doubles its interval while the call budget makes it wait; if history reads still "
+        "dominate, a longer poll interval trades latency for calls."
+    ),
+    "P5 keyed calls per video": (
+        "count the endpoints in `accepted_keyed_calls` and `refused_429`: more than one history read per poll "
+        "interval, status calls (jobs the history did not list in time fall back to their own status), or result "
+        "calls (an event without the output URL) each push the figure up."
+    ),
+    "P5b": (
+        "see the P5 entries: at 5 calls a window every extra call is a fifth of a window; `timeline_s` and "
+        "`accepted_keyed_calls` in results.json show where the calls went."
+    ),
+    "P6 keyed calls per poll interval": (
+        "the triggers share one history watcher per connection and loop: more calls per interval than ceil(in "
+        "flight / 100) + 1 means extra pages (rows older than the oldest watched submit read) or status fallbacks "
+        "(jobs the history did not list within the grace period)."
     ),
     "P6 event-loop lag p99": (
         "the loop shares the GIL with the default-executor threads doing the status calls; p99 rises with the "

@@ -103,6 +103,6 @@ _BUDGETS_LOCK = threading.Lock()
 
 
 def budget_for(key: str) -> CallBudget:
-    """The process-wide budget of one connection (``key``: its id and base URL)."""
+    """The process-wide budget of one connection (``key``: its id)."""
     with _BUDGETS_LOCK:
         return _BUDGETS.setdefault(key, CallBudget())

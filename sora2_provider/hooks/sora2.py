@@ -255,7 +255,6 @@ class Sora2Hook(BaseHook):
         self._session_lock = threading.Lock()
         self._secret: str | None = None
         self._extra: dict[str, Any] | None = None
-        self._budget: CallBudget | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sora2_conn_id={self.sora2_conn_id!r})"
@@ -356,17 +355,16 @@ class Sora2Hook(BaseHook):
 
         mask_secret(key)
         self._secret = key
-        self._budget = budget_for(f"{self.sora2_conn_id}|{self.base_url}")
         session = _KeySafeSession()
         session.headers.update({"x-api-key": key, "Accept": "application/json", "User-Agent": USER_AGENT})
         return session
 
     @property
     def budget(self) -> CallBudget:
-        """The call budget this connection shares with every hook of this process (see ``_limiter``)."""
-        self.get_conn()
-        assert self._budget is not None
-        return self._budget
+        """The call budget this connection (id and host) shares with every hook of this process (``_limiter``).
+
+        Resolves the connection on first use: in a trigger, await :meth:`aprepare` first."""
+        return budget_for(f"{self.sora2_conn_id}|{self.base_url}")
 
     def _redact(self, text: str | None) -> str | None:
         if text and self._secret:
@@ -640,7 +638,8 @@ class Sora2Hook(BaseHook):
             response, paid = self._paid_post(request, "v1", stream=True, timeout=(connect, read * SYNC_TIMEOUT_FACTOR))
             with response:
                 request_id = response.headers.get("x-request-id")
-                download = self._sync_body(response, VideoSink(fh, f"{paid.endpoint} request {request_id}"))
+                with VideoSink(fh, f"{paid.endpoint} request {request_id}") as sink:
+                    download = self._sync_body(response, sink)
         return SyncResult(
             request_id=request_id,
             download=download,
@@ -669,11 +668,11 @@ class Sora2Hook(BaseHook):
     def download(self, url: str, destination: Any) -> DownloadResult:
         """Stream a finished video to ``destination`` (ObjectStoragePath, path, or open binary file).
 
-        Memory stays within one 1 MiB chunk. A short read resumes with ``Range`` (or re-reads and skips what
+        Memory stays within a few 1 MiB chunks (hashing and writing run in threads fed by bounded queues, see
+        ``_pipeline``). A short read resumes with ``Range`` (or re-reads and skips what
         was written when the server ignores it); the MP4 signature is checked. The API key is not sent.
         """
-        with _open_destination(destination) as fh:
-            sink = VideoSink(fh, f"download of {url}")
+        with _open_destination(destination) as fh, VideoSink(fh, f"download of {url}") as sink:
             self._retrying()(self._download_attempt, url, sink)
         return sink.finish()
 
@@ -769,7 +768,7 @@ class Sora2Hook(BaseHook):
 
     # ------------------------------------------------------------------ async counterparts (for triggers)
 
-    async def _aconnection(self) -> None:
+    async def aprepare(self) -> None:
         """Everything the calls need from Airflow, done here on the event loop's thread: look the connection up
         (async API), read its extras and register the key's mask. The worker threads below then only use plain
         values; on Airflow 3.1 a supervisor message from such a thread would take the whole triggerer down."""
@@ -785,7 +784,7 @@ class Sora2Hook(BaseHook):
 
         A 429 is waited out here (``asyncio.sleep`` until the reset), up to ``max_retries`` times, so no thread is
         held while the account's rate limit is spent."""
-        await self._aconnection()
+        await self.aprepare()
         attempt = 0
         while True:
             await self.budget.await_turn()

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 GRACE_POLLS = 3
 #: ... every this many poll intervals.
 FALLBACK_EVERY = 3
+#: While the call budget keeps the watcher waiting, its interval doubles up to this many poll intervals, so
+#: history reads never starve the submits of an account with a small rate limit.
+MAX_BACKOFF = 8
 #: The history is read back this much further than the oldest submit (clock skew, creation lag).
 SINCE_MARGIN = timedelta(minutes=2)
 
@@ -61,6 +64,7 @@ class HistoryWatcher:
     task: asyncio.Task[None] | None = None
     history_calls: int = 0
     status_calls: int = 0
+    backoff: int = 1
 
     _registry: ClassVar[dict[tuple[int, str], HistoryWatcher]] = {}
 
@@ -114,9 +118,18 @@ class HistoryWatcher:
 
         hook = Sora2Hook(sora2_conn_id=self.conn_id)
         try:
+            await hook.aprepare()
+        except Sora2Error as err:  # an undefined or unusable connection: no wait can fix it
+            for entry in list(self.watched):
+                entry.end(entry.watch.on_error(err) or {"status": "error", "request_id": entry.request_id})
+            return
+        try:
             while self.watched:
-                await asyncio.sleep(min(w.poll_interval for w in self.watched))
+                await asyncio.sleep(self.backoff * min(w.poll_interval for w in self.watched))
+                waited_before = hook.budget.waited_seconds
                 await self.poll(hook)
+                contended = hook.budget.waited_seconds > waited_before
+                self.backoff = min(MAX_BACKOFF, self.backoff * 2) if contended else max(1, self.backoff // 2)
         except Exception as err:  # a bug here must not leave triggers waiting forever
             log.exception("The Sora 2 history watcher of %s stopped", self.conn_id)
             for entry in list(self.watched):

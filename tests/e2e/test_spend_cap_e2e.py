@@ -63,16 +63,12 @@ def run_capped(cluster: AirflowCluster, emulator: Any, *, dag_id: str, api_key: 
     source = DAG_FILE
     for name, value in values.items():
         source = source.replace(name, value)
-    (cluster.home / "dags" / f"{dag_id}.py").write_text(source)
+    cluster.write_dag(f"{dag_id}.py", source)
     extra = {"retry_backoff": 0.05, "max_spend_per_day": cap}
     connection = {"connection_id": dag_id, "conn_type": "sora2", "host": emulator.url, "password": api_key}
     cluster.api("POST", "/connections", json={**connection, "extra": json.dumps(extra)})
 
-    def parsed() -> bool:
-        cluster.check_alive()
-        return requests.get(f"{cluster.api_url}/api/v2/dags/{dag_id}", timeout=10).status_code == 200
-
-    wait_for(f"{dag_id} parsed", parsed, timeout=120)
+    wait_for(f"{dag_id} parsed", lambda: cluster.dags_parsed({dag_id}), timeout=120)
     run_id = cluster.trigger(dag_id, None)
     assert cluster.wait_for_runs({dag_id: run_id}, timeout=420)[dag_id] == "failed"  # some tasks were refused
 
