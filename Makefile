@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml constraints.txt
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@test -x $(PY) || $(UV) venv --quiet --python python3 $(VENV)
-	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[test,s3]'
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[test,s3,openlineage]'
 	@touch $@
 
 venv: $(INSTALLED)
@@ -49,7 +49,7 @@ test-cluster: $(CLUSTER_INSTALLED) $(REDIS_SERVER) $(POSTGRES)
 	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
 
 $(CLUSTER_INSTALLED): $(INSTALLED) pyproject.toml constraints.txt
-	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[test,s3,cluster]'
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[test,s3,openlineage,cluster]'
 	@touch $@
 
 $(REDIS_SERVER):

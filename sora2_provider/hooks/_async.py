@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +50,9 @@ class AsyncMixin:
                 attempt += 1
                 if attempt > self.max_retries:
                     raise
+                from sora2_provider import metrics
+
+                metrics.rate_limited(max(0.0, (err.reset_at or 0.0) - time.time()))
                 self.log.warning("%s; waiting for the reset (retry %d of %d)", err, attempt, self.max_retries)
 
     async def aget_status(self: Any, request_id: str) -> JobStatus:

@@ -106,6 +106,8 @@ class Sora2Hook(AsyncMixin, HistoryMixin, BaseHook):
 
     retry_backoff_initial = 0.5
     retry_backoff_max = 30.0
+    #: Lowers (never raises) the connection's ``max_spend_per_day`` for this hook's paid calls (see spend.py).
+    max_spend_per_day: float | None = None
 
     def __init__(self, sora2_conn_id: str = default_conn_name, *, max_retries: int = 5, max_wait: float = 60.0) -> None:
         super().__init__()
@@ -267,6 +269,10 @@ class Sora2Hook(AsyncMixin, HistoryMixin, BaseHook):
         err = state.outcome.exception() if state.outcome else None
         sleep = state.next_action.sleep if state.next_action else 0.0
         self.log.warning("%s; retry %d of %d in %.2f s", err, state.attempt_number, self.max_retries, sleep)
+        if isinstance(err, Sora2RateLimitedError):
+            from sora2_provider import metrics
+
+            metrics.rate_limited(sleep)
 
     def _send(
         self,
@@ -402,6 +408,9 @@ class Sora2Hook(AsyncMixin, HistoryMixin, BaseHook):
     # ------------------------------------------------------------------ async jobs (v2)
 
     def _paid_post(self, request: VideoRequest, version: str, **kwargs: Any) -> tuple[requests.Response, PaidCall]:
+        from sora2_provider import metrics, spend
+
+        spend.enforce_spend_cap(self, request)  # max_spend_per_day: refused before anything is sent
         endpoint = f"POST /{version}/{request.model}"
         paid = PaidCall(request, endpoint, datetime.now(timezone.utc))
         response = self._call(
@@ -412,6 +421,7 @@ class Sora2Hook(AsyncMixin, HistoryMixin, BaseHook):
             json=request.to_body(),
             **kwargs,
         )
+        metrics.job_submitted(model=request.model)
         return response, paid
 
     def submit(self, request: VideoRequest) -> SubmittedJob:
