@@ -7,14 +7,15 @@ INSTALLED := $(VENV)/.installed
 # One pinned set per Airflow line (constraints/airflow-3.X.txt); .venv and `make test` use the newest line.
 CONSTRAINTS := constraints/airflow-3.3.txt
 
-.PHONY: test lint typecheck pytest demo bench bench-quick test-ui report acceptance-report clean uv dist test-matrix
+.PHONY: test lint typecheck pytest demo bench bench-quick test-ui test-cluster report acceptance-report clean uv dist \
+	test-matrix
 
 uv:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
 $(INSTALLED): pyproject.toml $(CONSTRAINTS) | uv
 	@test -x $(PY) || $(UV) venv --quiet --python python3 $(VENV)
-	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c $(CONSTRAINTS) -e '.[test,s3]'
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c $(CONSTRAINTS) -e '.[test,s3,openlineage]'
 	@touch $@
 
 venv: $(INSTALLED)
@@ -26,7 +27,7 @@ typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy sora2_provider
 
 pytest: $(INSTALLED)
-	$(VENV)/bin/pytest -m "not ui" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not ui and not cluster" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
@@ -40,6 +41,29 @@ test-ui: $(INSTALLED) $(CHROMIUM)
 $(CHROMIUM):
 	@if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium
+
+# Distributed-Airflow tests (tests/cluster, marker `cluster`): CeleryExecutor with two workers, Postgres metadata DB
+# and Redis broker, all started by the tests on free loopback ports in temp dirs and stopped by PID. Debian's
+# redis-server and postgresql are installed here with apt when missing (as root, or through sudo); the Python
+# side is the `cluster` extra, pinned in $(CONSTRAINTS).
+CLUSTER_INSTALLED := $(VENV)/.installed-cluster
+REDIS_SERVER := /usr/bin/redis-server
+POSTGRES := /usr/lib/postgresql/15/bin/postgres
+
+test-cluster: $(CLUSTER_INSTALLED) $(REDIS_SERVER) $(POSTGRES)
+	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
+
+$(CLUSTER_INSTALLED): $(INSTALLED) pyproject.toml $(CONSTRAINTS)
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c $(CONSTRAINTS) -e '.[test,s3,openlineage,cluster]'
+	@touch $@
+
+$(REDIS_SERVER):
+	@if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq redis-server
+
+$(POSTGRES):
+	@if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq postgresql
 
 # Runs tests/acceptance (fault matrix, bad input, secrets) and renders tests/acceptance/REPORT.md from what it saw.
 acceptance-report: $(INSTALLED)

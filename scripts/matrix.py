@@ -3,7 +3,7 @@
 
 For each ``constraints/airflow-3.X.txt`` (or the lines named on the command line), in four phases:
 
-1. venv:    ``.matrix/airflow-3.X/`` with ``-e .[test,s3]`` pinned by that file, built with uv and kept until
+1. venv:    ``.matrix/airflow-3.X/`` with ``-e .[test,s3,openlineage]`` pinned by that file, built with uv, kept until
             pyproject.toml or the constraints file changes (their hash is its stamp).
 2. suites:  the unit, hook, sensor and operator suites. The lines run at the same time (``--jobs``): a suite is
             mostly Airflow's own CPU work in ``dag.test()``, one core or less, and two cores serve three of them
@@ -100,7 +100,7 @@ def test_venv(line: str) -> Path:
         run([*UV, "venv", "--quiet", "--python", "python3", venv])
     # --compile-bytecode: this machine sets PYTHONDONTWRITEBYTECODE=1, so nothing would ever be cached otherwise.
     run([*UV, "pip", "install", "--quiet", "--compile-bytecode", "--python", venv / "bin" / "python",
-         "-c", constraints, "-e", ".[test,s3]"])
+         "-c", constraints, "-e", ".[test,s3,openlineage]"])
     stamp.write_text(digest)
     return venv
 

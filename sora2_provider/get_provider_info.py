@@ -62,6 +62,12 @@ def get_provider_info() -> dict:
                         "description": "Overrides https://api.spotprod.segmind.com (request history). "
                         "Defaults to the Base URL when that is set.",
                     },
+                    "max_spend_per_day": {
+                        "label": "Max spend per day (credits)",
+                        "schema": {"type": ["number", "null"], "minimum": 0},
+                        "description": "Refuse a new paid job that would take the account's spend over the last "
+                        "24 h (request history: charged + estimated pending) above this. Empty: no cap.",
+                    },
                     "state_root": {
                         "label": "Job record root",
                         "schema": {"type": ["string", "null"]},

@@ -55,6 +55,7 @@ class Job:
         from sora2_provider.hooks.sora2 import Sora2Hook
 
         hook = Sora2Hook(sora2_conn_id=self.operator.sora2_conn_id)
+        hook.max_spend_per_day = self.operator.max_spend_per_day
         try:
             hook.get_conn()
         except Sora2Error as err:
@@ -213,19 +214,40 @@ def call_hook(method: Any, *args: Any) -> Any:
 
 def translate(err: Exception) -> Exception:
     """A retry can help a transient error, a FAILED job or an uncertain submit; nothing else."""
-    return err if getattr(err, "retryable", False) else fail(str(err))
+    if getattr(err, "retryable", False):
+        metrics().job_failed(metrics().failure_reason(str(err)))
+        return err
+    return fail(str(err))
 
 
 def fail(message: str) -> Exception:
+    """The error that ends the task without a retry (counted in ``sora2.jobs.failed.<reason>``)."""
     from sora2_provider.compat import AirflowFailException
 
+    metrics().job_failed(metrics().failure_reason(message))
     return AirflowFailException(message)
 
 
 def retryable(message: str) -> Exception:
+    """The error a retry may cure (counted in ``sora2.jobs.failed.<reason>``)."""
     from sora2_provider.compat import AirflowException
 
+    metrics().job_failed(metrics().failure_reason(message))
     return AirflowException(message)
+
+
+def metrics() -> Any:
+    """:mod:`sora2_provider.metrics`, imported on first use (never at DAG parse)."""
+    from sora2_provider import metrics as module
+
+    return module
+
+
+def lineage() -> Any:
+    """:mod:`sora2_provider.lineage` (needs the OpenLineage provider), imported only when its provider asks."""
+    from sora2_provider import lineage as module
+
+    return module
 
 
 def wait_failed(request_id: str, event: dict[str, Any]) -> Exception:
@@ -251,7 +273,9 @@ def positive(name: str, value: Any) -> float:
     return float(value)
 
 
-def non_negative(name: str, value: Any) -> float:
+def non_negative(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name}: {value!r} must be a number of credits >= 0")
     return float(value)

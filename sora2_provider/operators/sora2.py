@@ -20,6 +20,8 @@ from sora2_provider.operators._job import (
     fail,
     holds_noted_video,
     job_state_store,
+    lineage,
+    metrics,
     non_negative,
     one_of,
     output_uri,
@@ -65,6 +67,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
     :param deferrable: wait in the triggerer, freeing the worker slot while the model renders.
     :param poll_interval: seconds between status checks.
     :param max_cost: refuse (before paying) a job whose estimated cost in credits is above this.
+    :param max_spend_per_day: lower (never raise) the connection's ``max_spend_per_day``: a new paid submit that
+        would take the account's spend over the last 24 h above it is refused (see the README's spend cap).
     :param overwrite: regenerate even when a verified video from the same inputs is already stored.
     :param on_orphaned_intent: when an earlier try recorded its intent to submit but no request id, and
         the request history shows no such job: ``resubmit`` (default) or ``fail``.
@@ -97,6 +101,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 10.0,
         max_cost: float | None = None,
+        max_spend_per_day: float | None = None,
         overwrite: bool = False,
         on_orphaned_intent: str = "resubmit",
         generation_timeout: timedelta | float = timedelta(hours=1),
@@ -115,12 +120,14 @@ class Sora2GenerateVideoOperator(BaseOperator):
         self.deferrable = deferrable
         self.poll_interval = positive("poll_interval", poll_interval)
         self.max_cost = None if max_cost is None else non_negative("max_cost", max_cost)
+        self.max_spend_per_day = non_negative("max_spend_per_day", max_spend_per_day, allow_none=True)
         self.overwrite = overwrite
         self.on_orphaned_intent = one_of("on_orphaned_intent", on_orphaned_intent, ORPHANED_INTENT_POLICIES)
         self.generation_timeout = as_timedelta("generation_timeout", generation_timeout)
         self.state_path = state_path
         self.sora2_conn_id = sora2_conn_id
         self.stored_video_uri: str | None = None
+        self.sora2_result: dict[str, Any] | None = None
         self.segmind_output_url: str | None = None
         self._stop_polling = threading.Event()
         self._validate_literals()
@@ -144,6 +151,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
             return self._publish(context, job.existing)
         hook = job.hook()
         record = self._resolve_job(hook, job)
+        metrics().job_decided(record.decision, model=record.model)
         if record.request_id is None:
             return self._generate_sync(context, hook, job, record)
         return self._wait_and_store(context, hook, job, record)
@@ -161,6 +169,13 @@ class Sora2GenerateVideoOperator(BaseOperator):
         if event.get("status") == "error":
             raise wait_failed(request_id, event)
         return self._store(context, hook, job, record, event)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the stored video, a stored reference image and the ``sora2`` run facet (lineage.py)."""
+        return lineage().operator_lineage(self, task_instance)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return lineage().operator_lineage(self, task_instance, failed=True)
 
     def on_kill(self) -> None:
         """Stop worker-side polling; the job record stays so the next try resumes the paid job."""
@@ -335,7 +350,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         try:
             return method(*args)
         except Sora2Error as err:
-            if not err.retryable and 400 <= (err.status_code or 0) < 500:
+            if not err.retryable and (400 <= (err.status_code or 0) < 500 or getattr(err, "nothing_sent", False)):
                 job.store.delete()
             raise translate(err) from None
 
@@ -503,6 +518,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
         return self._finish(context, job, xcom)
 
     def _finish(self, context: Context, job: Job, xcom: dict[str, Any]) -> dict[str, Any]:
+        metrics().job_stored(estimated=job.request.estimated_cost, charged=xcom["cost"],
+                             generation_seconds=xcom["generation_seconds"], model=job.request.model)
         job.store.write_meta({"fingerprint": job.fingerprint, "bytes": xcom["bytes"], "xcom": xcom})
         job.store.delete()
         self.log.info(
@@ -515,6 +532,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         from airflow.sdk import Asset
 
         self.stored_video_uri = xcom["uri"]
+        self.sora2_result = xcom  # read by get_openlineage_facets_on_complete
         self.segmind_output_url = xcom.get("source_url")
         metadata = {k: xcom.get(k) for k in ("uri", "request_id", "model", "duration", "cost")}
         for outlet in self.outlets:
@@ -523,6 +541,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         return xcom
 
     def _log_transfer(self, size: int, seconds: float, uri: str) -> None:
+        metrics().downloaded(size, seconds)
         megabytes = size / 1e6
         self.log.info(
             "Downloaded %.1f MB to %s in %.1f s (%.1f MB/s).", megabytes, uri, seconds, megabytes / max(seconds, 1e-6)

@@ -46,6 +46,9 @@ class CreditsSensor(BaseSensorOperator):
         and optional ``count``; the sensor waits for their total cost. Templated (also from XCom or
         ``expand``), so a mapped batch can pass its own plan.
     :param include_free_credits: count the account's free credits towards the balance (default ``True``).
+    :param respect_spend_cap: when the connection sets ``max_spend_per_day``, also wait while the day's remaining
+        allowance (the cap minus the spend of the last 24 h) is below the requirement (default ``True``; no
+        effect without a cap).
     :param deferrable: wait in the triggerer instead of a worker slot (default
         ``[operators] default_deferrable``). ``timeout`` and ``soft_fail`` apply there too.
     :param sora2_conn_id: the ``sora2`` connection holding the API key (default ``sora2_default``).
@@ -62,6 +65,7 @@ class CreditsSensor(BaseSensorOperator):
         min_credits: float | str | None = None,
         jobs: list[dict[str, Any]] | str | None = None,
         include_free_credits: bool = True,
+        respect_spend_cap: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         sora2_conn_id: str = "sora2_default",
         **kwargs: Any,
@@ -76,6 +80,7 @@ class CreditsSensor(BaseSensorOperator):
         self.min_credits = min_credits
         self.jobs = jobs
         self.include_free_credits = include_free_credits
+        self.respect_spend_cap = respect_spend_cap
         self.deferrable = deferrable
         self.sora2_conn_id = sora2_conn_id
         if _is_literal(min_credits if jobs is None else jobs):
@@ -107,7 +112,15 @@ class CreditsSensor(BaseSensorOperator):
     def _read_balance(self) -> dict[str, Any] | None:
         """The balance, or ``None`` after a transient error (logged; the sensor keeps waiting)."""
         try:
-            return self.hook.get_credits()
+            balance: dict[str, Any] = dict(self.hook.get_credits())
+            if self.respect_spend_cap:
+                from sora2_provider.spend import allowance
+
+                allowed = allowance(self.hook)
+                if allowed is not None:
+                    balance["allowance"] = allowed[0]
+                    self.log.info("Spend cap: %s", allowed[1].describe())
+            return balance
         except Sora2TransientError as err:
             self.log.warning("Could not read the Segmind balance, still waiting: %s", err)
             return None
@@ -140,6 +153,7 @@ class CreditsSensor(BaseSensorOperator):
                 sora2_conn_id=self.sora2_conn_id,
                 poke_interval=self.poke_interval,
                 timeout_at=started_at + self.timeout,
+                respect_spend_cap=self.respect_spend_cap,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),

@@ -22,25 +22,31 @@ from sora2_provider.exceptions import Sora2AuthError, Sora2Error, Sora2NotFoundE
 class CreditCheck:
     """A balance compared with a requirement.
 
-    ``available`` is ``credits + free_credits`` when free credits count, else ``credits``.
+    ``available`` is ``credits + free_credits`` when free credits count, else ``credits``. ``allowance``, when
+    set, is what the daily spend cap (``max_spend_per_day``) still allows today; it must cover ``required`` too.
     """
 
     credits: float
     free_credits: float
     available: float
     required: float
+    allowance: float | None = None
 
     @classmethod
-    def from_balance(cls, balance: Mapping[str, Any], required: float, include_free_credits: bool) -> CreditCheck:
+    def from_balance(
+        cls, balance: Mapping[str, Any], required: float, include_free_credits: bool, allowance: float | None = None
+    ) -> CreditCheck:
         """Build a check from the hook's ``{"credits": ..., "free_credits": ...}``."""
         credits = float(balance.get("credits") or 0.0)
         free_credits = float(balance.get("free_credits") or 0.0)
         available = credits + free_credits if include_free_credits else credits
-        return cls(credits, free_credits, round(available, 4), float(required))
+        allowance = balance.get("allowance") if allowance is None else allowance
+        allowance = None if allowance is None else float(allowance)
+        return cls(credits, free_credits, round(available, 4), float(required), allowance)
 
     @property
     def satisfied(self) -> bool:
-        return self.available >= self.required
+        return self.available >= self.required and (self.allowance is None or self.allowance >= self.required)
 
     @property
     def shortfall(self) -> float:
@@ -48,19 +54,21 @@ class CreditCheck:
         return round(max(0.0, self.required - self.available), 4)
 
     def as_xcom(self) -> dict[str, float]:
-        """The sensor's XCom value: plain JSON."""
-        return {
+        """The sensor's XCom value: plain JSON (``allowance`` only under a spend cap)."""
+        xcom = {
             "credits": self.credits,
             "free_credits": self.free_credits,
             "available": self.available,
             "required": self.required,
         }
+        return xcom if self.allowance is None else {**xcom, "allowance": self.allowance}
 
     def describe(self) -> str:
         """One log line: balance, requirement and shortfall."""
         return (
             f"Segmind balance: credits={self.credits:.4f}, free_credits={self.free_credits:.4f}, "
             f"available={self.available:.4f}; required={self.required:.4f}; shortfall={self.shortfall:.4f}"
+            + ("" if self.allowance is None else f"; allowed today by max_spend_per_day={self.allowance:.4f}")
         )
 
 
@@ -83,6 +91,8 @@ class CreditsTrigger(BaseTrigger):
     :param sora2_conn_id: the ``sora2`` connection to read the key from.
     :param poke_interval: seconds between two balance checks.
     :param timeout_at: optional wall-clock deadline (``time.time()`` seconds) after which to give up.
+    :param respect_spend_cap: also wait while the connection's ``max_spend_per_day`` allows less than
+        ``required`` today (the allowance is read from the request history in a worker thread).
     """
 
     def __init__(
@@ -92,8 +102,10 @@ class CreditsTrigger(BaseTrigger):
         sora2_conn_id: str = "sora2_default",
         poke_interval: float = 60.0,
         timeout_at: float | None = None,
+        respect_spend_cap: bool = False,
     ) -> None:
         super().__init__()
+        self.respect_spend_cap = bool(respect_spend_cap)
         self.required = float(required)
         self.include_free_credits = bool(include_free_credits)
         self.sora2_conn_id = sora2_conn_id
@@ -110,6 +122,7 @@ class CreditsTrigger(BaseTrigger):
                 "sora2_conn_id": self.sora2_conn_id,
                 "poke_interval": self.poke_interval,
                 "timeout_at": self.timeout_at,
+                "respect_spend_cap": self.respect_spend_cap,
             },
         )
 
@@ -130,6 +143,11 @@ class CreditsTrigger(BaseTrigger):
         """One balance check: the event payload when done, ``None`` to keep waiting."""
         try:
             balance = await hook.aget_credits()
+            if self.respect_spend_cap:  # the connection and its extras were read on this thread just above
+                from sora2_provider.spend import allowance
+
+                allowed = await asyncio.to_thread(allowance, hook)
+                balance = balance if allowed is None else {**balance, "allowance": allowed[0]}
         except Sora2TransientError as err:
             self.log.warning("Could not read the Segmind balance (will retry): %s", err)
             return None

@@ -293,7 +293,7 @@ def test_trigger_serializes_to_primitives_without_the_key(sora2_conn):
     assert classpath == "sora2_provider.triggers.credits.CreditsTrigger"
     assert "SG_" not in text and "password" not in text
     assert kwargs == {"required": 18.0, "include_free_credits": False, "sora2_conn_id": "sora2_default",
-                      "poke_interval": 0.5, "timeout_at": 1_900_000_000.0}
+                      "poke_interval": 0.5, "timeout_at": 1_900_000_000.0, "respect_spend_cap": False}
     assert CreditsTrigger(**json.loads(text)).serialize() == (classpath, kwargs)
 
 
