@@ -58,22 +58,25 @@ EXPLANATIONS: dict[str, str] = {
         "repeatedly."
     ),
     "P5 wall s vs rate-limit bound": (
-        "the batch needs more keyed calls than the 3 per video the bound counts (`accepted_keyed_calls` in "
-        "results.json): each trigger polls the status as soon as it starts, right after the submit, when the job "
-        "cannot be finished, and every such call that finds room in a window takes a slot that a useful call "
-        "needed. 300 calls fill exactly 6 windows of 50, so a handful of extra calls costs a whole extra window "
-        "(+20%). Fixes: wait one poll interval (or a fraction of the model's typical render time) before the first "
-        "status call, in the trigger and in the worker-side `_poll`; a one-off run of this benchmark with "
-        "`Sora2JobTrigger.run` wrapped to sleep `poll_interval` first made exactly 300 calls and took 101 s "
-        "(1.01x the bound, vs 1.21x). Also share one call budget per connection in a "
-        "process (a token bucket fed by `x-rate-limit-reset-at-utc`) so that calls wait instead of being refused "
-        "and retried; and, if Segmind's `GET /v2/requests/{id}` answers the status while the job runs (the "
-        "emulator does; segmind-api.md only specifies its COMPLETED and FAILED answers), poll that instead of "
-        "status then result: 2 calls per video, 4 windows instead of 6. Also seen in the code: `aget_status` runs "
-        "`get_status`, retries and their sleeps included, in `asyncio.to_thread`, so a trigger waiting out a 429 "
-        "(up to `max_wait`, 60 s) holds one of the loop's few default-executor threads (min(32, cores + 4) = 6 "
-        "here) that every other trigger of the triggerer needs; retry waits belong in the coroutine "
-        "(`await asyncio.sleep`)."
+        "the batch needed more keyed calls than the 2 per video the bound counts (`accepted_keyed_calls` and "
+        "`refused_429` in results.json): with 200 calls filling exactly 4 windows of 50, a handful of extra calls "
+        "(history reads, refusals of calls already in flight when a window closed) costs a whole extra window. "
+        "The history watcher doubles its interval while the call budget makes it wait; if history reads still "
+        "dominate, a longer poll interval trades latency for calls."
+    ),
+    "P5 keyed calls per video": (
+        "count the endpoints in `accepted_keyed_calls` and `refused_429`: more than one history read per poll "
+        "interval, status calls (jobs the history did not list in time fall back to their own status), or result "
+        "calls (an event without the output URL) each push the figure up."
+    ),
+    "P5b": (
+        "see the P5 entries: at 5 calls a window every extra call is a fifth of a window; `timeline_s` and "
+        "`accepted_keyed_calls` in results.json show where the calls went."
+    ),
+    "P6 keyed calls per poll interval": (
+        "the triggers share one history watcher per connection and loop: more calls per interval than ceil(in "
+        "flight / 100) + 1 means extra pages (rows older than the oldest watched submit read) or status fallbacks "
+        "(jobs the history did not list within the grace period)."
     ),
     "P6 event-loop lag p99": (
         "the loop shares the GIL with the default-executor threads doing the status calls; p99 rises with the "

@@ -214,7 +214,7 @@ def _first_use(uri: str) -> None:
     from sora2_provider.hooks.sora2 import Sora2Hook
     from sora2_provider.state import JobStateStore  # noqa: F401  (execute imports it lazily)
     from sora2_provider.storage import atomic_writer, to_object_storage_path
-    from sora2_provider.triggers.sora2 import JobWatch  # noqa: F401
+    from sora2_provider.triggers._job_watch import JobWatch  # noqa: F401
 
     Sora2Hook().get_conn()
     warm = to_object_storage_path(uri.replace("out.mp4", "warm-up.bin"))

@@ -7,11 +7,13 @@ per map index, ``deferrable=True``) in a pool of 16 worker slots (Airflow's defa
 DAG), and every trigger they defer to, re-created from ``serialize()``, in one event loop (the triggerer). A
 failed try is retried like ``retries=2``; every failed try counts as a failure.
 
-The emulator counts every keyed call (submit, status, result; downloads carry no key) in fixed windows of
-``--window`` real seconds and answers 429 with the reset time beyond 50. Renders are short (time scale 1/200:
-0.9 s), so the rate limit is what bounds the batch. The bound: the documented v2 flow needs at least
-3 keyed calls per video (submit, one status that sees COMPLETED, result), so 300 calls, and the 300th call
-cannot come before ``(ceil(300 / 50) - 1)`` full windows have passed since the first. Target: wall <= 1.1x that.
+The emulator counts every keyed call (submit, status, result, history; downloads carry no key) in fixed
+windows of ``--window`` real seconds and answers 429 with the reset time beyond 50. Renders are short (time
+scale 1/200: 0.9 s), so the rate limit is what bounds the batch. The bound: 2 keyed calls per video (the
+submit and one result), so 200 calls, and the 200th call cannot come before ``(ceil(200 / 50) - 1)`` full
+windows have passed since the first (the documented v2 flow, submit + status + result, needs 3: a third more).
+Targets: keyed calls per video <= 2.1, every refused (429) and every history call included; wall <= 1.1x the
+bound. P5b (``bench/p5b_free_plan.py``) runs the same batch on the free plan: 30 videos at 5 calls a window.
 The window is 60 s on Segmind; the full run compresses it to 20 s to fit the 15-minute budget (the bound counts
 windows, so a shorter window only makes the fixed per-call latencies weigh more), and keeps the v2 record's
 lifetime at 60 windows as on Segmind (1 h), so that a result fetched late still finds its record.
@@ -41,8 +43,8 @@ from bench.common import (
 )
 
 TITLE = "P5 100 mapped generations under a 50-calls-per-window rate limit"
-MIN_CALLS_PER_JOB = 3  # submit, one status that sees COMPLETED, result
-TARGET_RATIO = 1.1
+MIN_CALLS_PER_JOB = 2  # the submit and one result
+TARGET_CALLS_PER_JOB = 2.1
 REAL_WINDOW_S = 60.0
 REAL_RECORD_TTL_S = 3600.0
 KEYED = ("submit_v2", "status", "result", "credits", "history", "history_item", "upload", "submit_v1")
@@ -57,9 +59,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(result: Result, args: argparse.Namespace) -> None:
+    run_plan(result, args, label="P5", jobs=(100, 10), rpm=(50, 10), target_ratio=1.1)
+
+
+def run_plan(
+    result: Result, args: argparse.Namespace, *, label: str, jobs: tuple[int, int], rpm: tuple[int, int],
+    target_ratio: float,
+) -> None:
+    """The batch with ``jobs`` and ``rpm`` as (full, quick) defaults; ``target_ratio``: wall over the bound."""
     ensure_airflow_env()
-    jobs = args.jobs or (10 if args.quick else 100)
-    rpm = args.rpm or (10 if args.quick else 50)
+    jobs_n = args.jobs or (jobs[1] if args.quick else jobs[0])
+    rpm_n = args.rpm or (rpm[1] if args.quick else rpm[0])
+    _run(result, args, label, jobs_n, rpm_n, target_ratio)
+
+
+def _run(result: Result, args: argparse.Namespace, label: str, jobs: int, rpm: int, target_ratio: float) -> None:
     window = args.window or (2.0 if args.quick else 20.0)
     poll = window / 6  # the default 10 s poll interval, scaled like the 60 s window
     # Segmind keeps a v2 record 1 h, i.e. 60 rate windows; the emulator scales that TTL by its time scale, which
@@ -79,12 +93,12 @@ def run(result: Result, args: argparse.Namespace) -> None:
     ):
         os.environ["AIRFLOW_CONN_SORA2_DEFAULT"] = connection_json(emulator.url)
         batch = _Batch(jobs, poll, scratch, args.slots, retry_delay=window)
-        log(f"P5: {jobs} generations, {rpm} calls per {window:g} s, {args.slots} worker slots")
+        log(f"{label}: {jobs} generations, {rpm} calls per {window:g} s, {args.slots} worker slots")
         outcome = asyncio.run(batch.run())
         ledger = emulator.ledger()
         calls = emulator.request_log()
         peak = emulator.running_jobs_peak()
-    _report(result, outcome, ledger, calls, peak, bound, jobs, window)
+    _report(result, outcome, ledger, calls, peak, bound, jobs, window, label, target_ratio)
 
 
 class _Batch:
@@ -147,6 +161,7 @@ def _warm_up(uri: str) -> None:
     from sora2_provider.hooks.sora2 import Sora2Hook
     from sora2_provider.state import JobStateStore  # noqa: F401
     from sora2_provider.storage import atomic_writer, to_object_storage_path
+    from sora2_provider.triggers._watcher import HistoryWatcher  # noqa: F401
     from sora2_provider.triggers.sora2 import Sora2JobTrigger  # noqa: F401
 
     Sora2Hook()  # no call: the emulator's rate window must start with the batch
@@ -191,7 +206,7 @@ async def _run_trigger(deferred: Any) -> Any:
 
 
 def _report(result: Result, outcome: dict[str, Any], ledger: list[dict[str, Any]], calls: list[dict[str, Any]],
-            peak: int, bound: float, jobs: int, window: float) -> None:
+            peak: int, bound: float, jobs: int, window: float, label: str, target_ratio: float) -> None:
     done = [r for r in outcome["results"] if r]
     failed_tries = outcome["failed_tries"]
     charged = round(sum(entry["charged"] for entry in ledger), 4)
@@ -199,6 +214,7 @@ def _report(result: Result, outcome: dict[str, Any], ledger: list[dict[str, Any]
     accepted = Counter(c["endpoint"] for c in calls if c["endpoint"] in KEYED and c["status"] != 429)
     refused = Counter(c["endpoint"] for c in calls if c["status"] == 429)
     keyed = sum(accepted.values())
+    all_keyed = keyed + sum(refused.values())
     first = min((c["time"] for c in calls), default=0.0)
     last = max((c["time"] for c in calls if c["endpoint"] in KEYED and c["status"] != 429), default=first)
     wall = outcome["wall_s"]
@@ -206,18 +222,22 @@ def _report(result: Result, outcome: dict[str, Any], ledger: list[dict[str, Any]
         "wall_s": round(wall, 1), "bound_s": bound, "tasks_succeeded": len(done), "failed_tries": failed_tries,
         "ledger_jobs": len(ledger), "charged_total": charged, "estimated_total": estimated,
         "accepted_keyed_calls": dict(accepted), "refused_429": dict(refused),
-        "keyed_calls_per_job": round(keyed / jobs, 2), "windows_used": round((last - first) / window, 2),
+        "keyed_calls_per_job": round(all_keyed / jobs, 2), "accepted_keyed_calls_per_job": round(keyed / jobs, 2),
+        "windows_used": round((last - first) / window, 2),
         "running_jobs_peak": peak, "deferrals": outcome["deferrals"],
         "timeline_s": {"first_call": round(first - outcome["started_at"], 2),
                        "last_accepted_keyed_call": round(last - outcome["started_at"], 2),
                        "last_task_done": round(outcome["ended_at"] - outcome["started_at"], 2)},
     }
-    result.check("P5 failed tries (100 generations)" if jobs == 100 else f"P5 failed tries ({jobs} generations)",
+    result.check(f"{label} failed tries ({jobs} generations)",
                  len(failed_tries), "tries", target="0", passed=not failed_tries and len(done) == jobs)
-    result.check("P5 wall s vs rate-limit bound", round(wall, 1), "s", baseline_name="bound", baseline=bound,
-                 ratio=ratio(wall, bound), target=f"<= {TARGET_RATIO}x bound",
-                 passed=bool(bound) and wall <= TARGET_RATIO * bound)
-    result.check("P5 ledger charged == sum of estimates", charged, "credits", baseline_name="estimates",
+    result.check(f"{label} keyed calls per video", round(all_keyed / jobs, 2), "calls",
+                 baseline_name="documented v2 flow", baseline=3, ratio=ratio(all_keyed / jobs, 3),
+                 target=f"<= {TARGET_CALLS_PER_JOB}", passed=all_keyed / jobs <= TARGET_CALLS_PER_JOB)
+    result.check(f"{label} wall s vs rate-limit bound", round(wall, 1), "s", baseline_name="bound", baseline=bound,
+                 ratio=ratio(wall, bound), target=f"<= {target_ratio}x bound",
+                 passed=bool(bound) and wall <= target_ratio * bound)
+    result.check(f"{label} ledger charged == sum of estimates", charged, "credits", baseline_name="estimates",
                  baseline=estimated, ratio=ratio(charged, estimated), target="equal, one job per task",
                  passed=abs(charged - estimated) < 1e-6 and len(ledger) == jobs)
     result.notes.append(

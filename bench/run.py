@@ -39,10 +39,11 @@ BENCHMARKS = {
     "P3": "p3_throughput",
     "P4": "p4_import",
     "P5": "p5_rate_limit",
+    "P5b": "p5b_free_plan",
     "P6": "p6_triggerer",
 }
 #: Longest first, so that ``--jobs 2`` finishes soonest.
-QUICK_ORDER = ("P1", "P6", "P5", "P2", "P3", "P4")
+QUICK_ORDER = ("P1", "P6", "P5", "P5b", "P2", "P3", "P4")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         reexec_with_bytecode("bench")
     args = parse_args(argv)
-    ids = [i.strip().upper() for i in args.only.split(",")] if args.only else list(BENCHMARKS)
+    by_lower = {bench_id.lower(): bench_id for bench_id in BENCHMARKS}
+    ids = [by_lower.get(i.strip().lower(), i.strip()) for i in args.only.split(",")] if args.only else list(BENCHMARKS)
     unknown = [i for i in ids if i not in BENCHMARKS]
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import mimetypes
 import os
 import threading
@@ -48,6 +49,7 @@ from sora2_provider.exceptions import (
     Sora2SubmitUncertainError,
     Sora2ValidationError,
 )
+from sora2_provider.hooks._limiter import CallBudget, budget_for
 from sora2_provider.hooks._wire import (
     CHUNK_SIZE,
     IncompleteDownloadError,
@@ -105,6 +107,9 @@ _ERRORS: dict[int, tuple[type[Sora2Error], str]] = {
     410: (Sora2ModelRetiredError, "the model is retired"),
     422: (Sora2ValidationError, "Segmind rejected a parameter"),
 }
+#: Set by the async methods around their worker-thread call: ``[True]`` while the turn the coroutine awaited is
+#: unused. In such a thread a 429 is not waited out (the coroutine waits, with ``asyncio.sleep``).
+_AWAITED_TURN: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("sora2_awaited_turn", default=None)
 # Errors raised by requests after the request may have left: a paid call must not be repeated on these.
 _SENT_ERRORS = (
     requests.ConnectionError,
@@ -352,6 +357,13 @@ class Sora2Hook(BaseHook):
         session.headers.update({"x-api-key": key, "Accept": "application/json", "User-Agent": USER_AGENT})
         return session
 
+    @property
+    def budget(self) -> CallBudget:
+        """The call budget this connection (id and host) shares with every hook of this process (``_limiter``).
+
+        Resolves the connection on first use: in a trigger, await :meth:`aprepare` first."""
+        return budget_for(f"{self.sora2_conn_id}|{self.base_url}")
+
     def _redact(self, text: str | None) -> str | None:
         if text and self._secret:
             return text.replace(self._secret, "***")
@@ -376,8 +388,11 @@ class Sora2Hook(BaseHook):
                 delay = backoff(state)
             return max(0.0, min(delay, self.max_wait))
 
+        retried: tuple[type[Exception], ...] = (Sora2ServerError, IncompleteDownloadError)
+        if _AWAITED_TURN.get() is None:  # in a trigger's thread the coroutine waits out a 429 instead
+            retried = (Sora2RateLimitedError, *retried)
         return tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type((Sora2RateLimitedError, Sora2ServerError, IncompleteDownloadError)),
+            retry=tenacity.retry_if_exception_type(retried),
             stop=tenacity.stop_after_attempt(self.max_retries + 1),
             wait=wait,
             before_sleep=self._log_retry,
@@ -398,16 +413,24 @@ class Sora2Hook(BaseHook):
         paid: _PaidCall | None = None,
         request_id: str | None = None,
         failed_is_payload: bool = False,
+        keyed: bool = True,
         **kwargs: Any,
     ) -> requests.Response:
-        """One HTTP exchange; answers >= 400 and transport failures become :class:`Sora2Error` subclasses."""
+        """One HTTP exchange; answers >= 400 and transport failures become :class:`Sora2Error` subclasses.
+
+        A keyed call takes its turn in the connection's call budget first (``keyed=False``: downloads)."""
         kwargs.setdefault("timeout", self.timeouts)
         session = self.get_conn()
+        if keyed:
+            self._take_turn()
         started = time.monotonic()
         try:
             response = session.request(method, url, **kwargs)
         except requests.RequestException as err:
             raise self._transport_error(err, what, paid) from err
+        if keyed:
+            reset = parse_timestamp(response.headers.get("x-rate-limit-reset-at-utc"))
+            self.budget.record(response.status_code == 429, reset.timestamp() if reset else None)
         self.log.debug("%s %s -> HTTP %s in %.2f s", method, url, response.status_code, time.monotonic() - started)
         if response.status_code < 400 or (
             failed_is_payload and response.status_code == 422 and is_failed_body(response)
@@ -415,6 +438,16 @@ class Sora2Hook(BaseHook):
             return response
         with response:
             raise self._http_error(response, what, paid, request_id)
+
+    def _take_turn(self) -> None:
+        """Wait for a turn (worker side), or use the one the calling coroutine awaited (trigger side)."""
+        awaited = _AWAITED_TURN.get()
+        if awaited is None:
+            self.budget.wait()
+        elif awaited[0]:
+            awaited[0] = False
+        else:
+            self.budget.count()
 
     def _transport_error(self, err: requests.RequestException, what: str, paid: _PaidCall | None) -> Sora2Error:
         detail = f"{type(err).__name__}: {self._redact(str(err))}"
@@ -638,7 +671,7 @@ class Sora2Hook(BaseHook):
             headers["Range"] = f"bytes={sink.written}-"
             if sink.validator:
                 headers["If-Range"] = sink.validator
-        with self._send("GET", url, what=sink.what, stream=True, headers=headers) as response:
+        with self._send("GET", url, what=sink.what, stream=True, headers=headers, keyed=False) as response:
             if sink.written:
                 self.log.info("Resuming %s at byte %d (HTTP %d)", url, sink.written, response.status_code)
                 chunks = sink.resume_from(response)
@@ -724,7 +757,7 @@ class Sora2Hook(BaseHook):
 
     # ------------------------------------------------------------------ async counterparts (for triggers)
 
-    async def _aconnection(self) -> None:
+    async def aprepare(self) -> None:
         """Everything the calls need from Airflow, done here on the event loop's thread: look the connection up
         (async API), read its extras and register the key's mask. The worker threads below then only use plain
         values; on Airflow 3.1 a supervisor message from such a thread would take the whole triggerer down."""
@@ -735,22 +768,41 @@ class Sora2Hook(BaseHook):
                 raise self._undefined(err) from None
         self.get_conn()  # no I/O: builds the session, reads the extras, masks the key
 
+    async def _in_thread(self, method: Any, *args: Any) -> Any:
+        """``method(*args)`` in a worker thread, after waiting for a turn of the call budget in the event loop.
+
+        A 429 is waited out here (``asyncio.sleep`` until the reset), up to ``max_retries`` times, so no thread is
+        held while the account's rate limit is spent."""
+        await self.aprepare()
+        attempt = 0
+        while True:
+            await self.budget.await_turn()
+            context = contextvars.copy_context()
+            context.run(_AWAITED_TURN.set, [True])
+            try:
+                return await asyncio.to_thread(context.run, method, *args)
+            except Sora2RateLimitedError as err:
+                attempt += 1
+                if attempt > self.max_retries:
+                    raise
+                self.log.warning("%s; waiting for the reset (retry %d of %d)", err, attempt, self.max_retries)
+
     async def aget_status(self, request_id: str) -> JobStatus:
         """:meth:`get_status` in a worker thread: the event loop never blocks."""
-        await self._aconnection()
-        return await asyncio.to_thread(self.get_status, request_id)
+        return await self._in_thread(self.get_status, request_id)
 
     async def aget_result(self, request_id: str) -> JobResult:
         """:meth:`get_result` in a worker thread."""
-        await self._aconnection()
-        return await asyncio.to_thread(self.get_result, request_id)
+        return await self._in_thread(self.get_result, request_id)
 
     async def aget_credits(self) -> dict[str, float]:
         """:meth:`get_credits` in a worker thread."""
-        await self._aconnection()
-        return await asyncio.to_thread(self.get_credits)
+        return await self._in_thread(self.get_credits)
 
     async def aget_request_record(self, request_id: str) -> HistoryRecord:
         """:meth:`get_request_record` in a worker thread (recovers a job whose v2 record expired)."""
-        await self._aconnection()
-        return await asyncio.to_thread(self.get_request_record, request_id)
+        return await self._in_thread(self.get_request_record, request_id)
+
+    async def afind_requests(self, since: datetime, per_page: int = 100) -> list[HistoryRecord]:
+        """:meth:`find_requests` (every model and status, newest first, back to ``since``) in a worker thread."""
+        return await self._in_thread(lambda: self.find_requests(since=since, per_page=per_page))

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from sora2_provider.hooks.sora2 import Sora2Hook
-    from sora2_provider.models import VideoRequest
+    from sora2_provider.models import JobResult, VideoRequest
     from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
     from sora2_provider.state import JobStateStore
 
@@ -183,6 +183,22 @@ def warn_if_local_file_on_remote_workers(operator: Sora2GenerateVideoOperator, o
             output,
             ", ".join(names),
         )
+
+
+def result_from_event(event: dict[str, Any] | None) -> JobResult | None:
+    """The finished job as the trigger's event tells it (from the request history), or None when the event
+    lacks the output URL and a result call is needed. ``remaining_credits`` is then unknown (None)."""
+    if not event or event.get("status") != "completed" or not event.get("output_url"):
+        return None
+    from sora2_provider.models import JobResult
+
+    return JobResult(
+        request_id=str(event["request_id"]),
+        status="COMPLETED",
+        output_url=str(event["output_url"]),
+        cost=event.get("cost"),
+        generation_seconds=event.get("generation_seconds"),
+    )
 
 
 def call_hook(method: Any, *args: Any) -> Any:

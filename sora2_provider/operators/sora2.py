@@ -24,6 +24,7 @@ from sora2_provider.operators._job import (
     one_of,
     output_uri,
     positive,
+    result_from_event,
     retryable,
     translate,
     video_request,
@@ -159,7 +160,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         self._raise_if_failed(job, event)
         if event.get("status") == "error":
             raise wait_failed(request_id, event)
-        return self._store(context, hook, job, record)
+        return self._store(context, hook, job, record, event)
 
     def on_kill(self) -> None:
         """Stop worker-side polling; the job record stays so the next try resumes the paid job."""
@@ -348,11 +349,13 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
             self.log.info("Deferring while job %s renders (the worker slot is free).", record.request_id)
             self.defer(
-                trigger=Sora2JobTrigger(record.request_id, self.sora2_conn_id, self.poll_interval),
+                trigger=Sora2JobTrigger(
+                    record.request_id, self.sora2_conn_id, self.poll_interval, submitted_at=record.submitted_at
+                ),
                 method_name="execute_complete",
                 timeout=remaining,
             )
-        event = self._poll(hook, record.request_id, remaining)
+        event = self._poll(hook, record.request_id, remaining, fresh=record.decision == "new_submit")
         self._raise_if_failed(job, event)
         if event["status"] == "error":
             raise wait_failed(record.request_id, event)
@@ -382,13 +385,16 @@ class Sora2GenerateVideoOperator(BaseOperator):
             )
         return remaining
 
-    def _poll(self, hook: Sora2Hook, request_id: str, remaining: timedelta) -> dict[str, Any]:
-        """Worker-side wait (``deferrable=False``), sharing the trigger's rules through ``JobWatch``."""
+    def _poll(self, hook: Sora2Hook, request_id: str, remaining: timedelta, *, fresh: bool = False) -> dict[str, Any]:
+        """Worker-side wait (``deferrable=False``), sharing the trigger's rules through ``JobWatch``. A job this
+        try just submitted cannot be done yet (``fresh``): the first status call waits one interval."""
         from sora2_provider.exceptions import Sora2Error
-        from sora2_provider.triggers.sora2 import JobWatch
+        from sora2_provider.triggers._job_watch import JobWatch
 
         watch = JobWatch(request_id)
         deadline = time.monotonic() + remaining.total_seconds()
+        if fresh and self._stop_polling.wait(self.poll_interval):
+            raise retryable(f"polling of job {request_id} was stopped; the next try resumes it")
         while time.monotonic() < deadline:
             previous = watch.last_status
             try:
@@ -413,11 +419,15 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     # ------------------------------------------------------------------ storing
 
-    def _store(self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord) -> dict[str, Any]:
+    def _store(
+        self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord, event: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Download the finished video into the output. When the trigger's event already carries the output URL
+        and cost (read from the request history), no further keyed call is made."""
         from sora2_provider.storage import atomic_writer
 
         assert record.request_id is not None
-        result = self._result(hook, record.request_id)
+        result = result_from_event(event) or self._result(hook, record.request_id)
         if not result.output_url:
             raise retryable(f"job {record.request_id} is {result.status} and has no output yet")
         started = time.monotonic()

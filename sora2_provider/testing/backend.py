@@ -128,6 +128,7 @@ class Job:
     settled: bool = False
     charged: float = 0.0
     remaining_credits: float | None = None
+    listed: bool = True  # False: left out of history listings (a lagging history)
 
     def status(self, now: float) -> str:
         """Terminal only once settled (see :meth:`EmulatorState.settle`), so COMPLETED always means charged."""
@@ -367,6 +368,13 @@ class EmulatorState:
                 raise KeyError(request_id)
             self.jobs[request_id].expires_at = time.time()
 
+    def unlist(self, request_id: str) -> None:
+        """Leave a job out of history listings (as a lagging history would); status and result still work."""
+        with self.lock:
+            if request_id not in self.jobs:
+                raise KeyError(request_id)
+            self.jobs[request_id].listed = False
+
     def ledger(self) -> list[dict[str, Any]]:
         with self.lock:
             now = time.time()
@@ -445,7 +453,9 @@ class EmulatorState:
         with self.lock:
             self.settle()
             now = time.time()
-            matching = [job for job in self.jobs.values() if job.api_key == api_key and query.matches(job, now)]
+            matching = [
+                job for job in self.jobs.values() if job.listed and job.api_key == api_key and query.matches(job, now)
+            ]
         matching.sort(key=query.sort_key, reverse=query.descending)
         first = (query.page - 1) * query.per_page
         return matching[first : first + query.per_page], len(matching)

@@ -247,6 +247,10 @@ class Sora2Emulator:
         """Expire a job's v2 record now: status and result answer 404; history and the output still work."""
         self._state.expire(request_id)
 
+    def unlist(self, request_id: str) -> None:
+        """Leave a job out of request-history listings, as a lagging history would (status and result work)."""
+        self._state.unlist(request_id)
+
     def reset(self) -> None:
         """Forget faults, jobs (ledger and history), uploads, call counts, rate windows and the request log."""
         self._state.reset()

@@ -146,14 +146,14 @@ class TriggerRestartHarness(BaseTrigger):
         first = self._fresh()
         hook_url = await asyncio.to_thread(self._base_url, first)
         submits_before = await asyncio.to_thread(_emulator_calls, hook_url, "submit_v2")
-        polls_before = await asyncio.to_thread(_emulator_calls, hook_url, "status")
+        polls_before = await asyncio.to_thread(_emulator_calls, hook_url, "history")  # the watcher's polls
         runner = first.run()
         pending = asyncio.ensure_future(runner.__anext__())
         deadline = time.monotonic() + 60
         polls = polls_before
         while not pending.done() and polls - polls_before < self.min_polls and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-            polls = await asyncio.to_thread(_emulator_calls, hook_url, "status")
+            polls = await asyncio.to_thread(_emulator_calls, hook_url, "history")
         killed_mid_poll = not pending.done()
         pending.cancel()
         with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
@@ -164,7 +164,7 @@ class TriggerRestartHarness(BaseTrigger):
             self.observe_to,
             event="triggerer_killed",
             mid_poll=killed_mid_poll,
-            status_polls_before_kill=polls - polls_before,
+            polls_before_kill=polls - polls_before,
             submits=submits_before,
         )
         async for event in self._fresh().run():

@@ -142,7 +142,7 @@ def process_notes(rows: list[dict[str, Any]]) -> list[str]:
         killed, restarted = restart
         lines.append(
             f"- `triggerer_restart`: the first trigger was cancelled mid-poll ({killed['mid_poll']}) after "
-            f"{killed['status_polls_before_kill']} status polls; the fresh trigger built from the serialized kwargs "
+            f"{killed['polls_before_kill']} history polls; the fresh trigger built from the serialized kwargs "
             f"delivered `{restarted['payload']['status']}`; submits before/after the restart: "
             f"{killed['submits']}/{restarted['submits']}."
         )

@@ -109,7 +109,7 @@ def test_the_restarted_trigger_delivers_the_event_without_a_second_submit(matrix
     seen = matrix_run.rows["triggerer_restart"]
     killed, restarted = seen["journal"]
     assert killed["event"] == "triggerer_killed" and killed["mid_poll"], killed
-    assert killed["status_polls_before_kill"] >= 3
+    assert killed["polls_before_kill"] >= 3
     assert restarted["event"] == "triggerer_restarted" and restarted["payload"]["status"] == "completed"
     assert killed["submits"] == restarted["submits"] == seen["submits"] == 1
     assert restarted["payload"]["request_id"] == seen["request_id"]

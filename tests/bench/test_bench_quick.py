@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-IDS = ["P1", "P2", "P3", "P4", "P5", "P6"]
+IDS = ["P1", "P2", "P3", "P4", "P5", "P5b", "P6"]
 STATUSES = {"PASS", "MISS", "INFO"}
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]

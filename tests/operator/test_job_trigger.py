@@ -61,7 +61,7 @@ def test_serializes_to_primitives_without_the_key(sora2_conn):
 
 def test_completed_job_yields_completed_without_blocking_the_loop(sora2_conn):
     request_id = submit(sora2_conn)
-    sora2_conn.add_fault("status", "slow", delay=0.5)  # a slow answer must not stall the other coroutines
+    sora2_conn.add_fault("history", "slow", delay=0.5)  # a slow answer must not stall the other coroutines
 
     event, longest_gap = asyncio.run(with_heartbeat(first_event(Sora2JobTrigger(request_id, poll_interval=0.05))))
 
@@ -78,13 +78,23 @@ def test_failed_job_yields_failed_with_segmind_message(sora2_conn):
     assert event == {"status": "failed", "request_id": request_id, "message": "the prompt was blocked"}
 
 
-def test_unknown_or_expired_record_yields_not_found(sora2_conn):
+def test_a_job_unknown_to_the_history_falls_back_to_its_status_and_yields_not_found(sora2_conn):
+    event = asyncio.run(first_event(Sora2JobTrigger("no-such-request", poll_interval=0.05)))
+
+    assert event["status"] == "not_found" and "HTTP 404" in event["message"]
+    status_calls = [e for e in sora2_conn.request_log if e["endpoint"] == "status"]
+    assert len(status_calls) == 1, "one status call, after the grace period, settles a job the history lacks"
+
+
+def test_a_job_whose_v2_record_expired_completes_from_the_history(sora2_conn):
     request_id = submit(sora2_conn)
     sora2_conn.expire(request_id)
 
     event = asyncio.run(first_event(Sora2JobTrigger(request_id, poll_interval=0.05)))
 
-    assert event["status"] == "not_found" and "HTTP 404" in event["message"]
+    assert event["status"] == "completed" and event["output_url"].endswith(".mp4")
+    assert event["cost"] == pytest.approx(0.4)
+    assert not [e for e in sora2_conn.request_log if e["endpoint"] in ("status", "result")]
 
 
 @pytest.mark.parametrize("tolerated", [True, False], ids=["rides-out", "gives-up"])
@@ -93,7 +103,7 @@ def test_repeated_server_errors_are_ridden_out_then_reported(sora2_conn, tolerat
     # The hook itself retries each call (max_retries=5, so 6 answers per call); the trigger then tolerates
     # up to max_transient_errors failed calls in a row.
     failing_calls = 2 if tolerated else 3
-    sora2_conn.add_fault("status", "status", status=503, times=6 * failing_calls)
+    sora2_conn.add_fault("history", "status", status=503, times=6 * failing_calls)
 
     trigger = Sora2JobTrigger(request_id, poll_interval=0.05, max_transient_errors=3)
     event = asyncio.run(first_event(trigger))
@@ -131,7 +141,7 @@ def test_airflow_is_only_touched_from_the_event_loop_thread(sora2_conn, monkeypa
     for name in ("get_connection", "aget_connection"):
         monkeypatch.setattr(BaseHook, name, classmethod(recorded(name, getattr(BaseHook, name).__func__)))
     request_ids = [submit(sora2_conn, prompt=f"harbour {n}") for n in range(3)]
-    sora2_conn.add_fault("status", "status", status=503, times=2)  # retries run in the worker threads too
+    sora2_conn.add_fault("history", "status", status=503, times=2)  # retries run in the worker threads too
 
     async def run_all():
         loop_thread.append(threading.current_thread())
