@@ -82,6 +82,17 @@ def atomic_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
         # ``path``), s3fs starts a multipart upload that no one aborts.
         handle.closed = True
         raise
+    finally:
+        _forget(path.fs, handle)
+
+
+def _forget(fs: Any, handle: Any) -> None:
+    """Take ``handle`` off the queue where fsspec keeps every ``autocommit=False`` file of a filesystem (the
+    cached one, for the whole process): a later ``with fs.transaction:`` would commit or discard it again, and
+    its buffer would never be freed."""
+    files = getattr(getattr(fs, "_transaction", None), "files", None)
+    with suppress(AttributeError, ValueError):  # not an fsspec queue, or the file is not (or no longer) on it
+        files.remove(handle)  # type: ignore[union-attr]
 
 
 @contextmanager
