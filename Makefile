@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := python3 -m uv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench bench-quick test-ui test-stores report acceptance-report clean
+.PHONY: test lint typecheck pytest demo bench bench-quick test-ui test-cluster test-stores report acceptance-report clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -22,7 +22,7 @@ typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy sora2_provider
 
 pytest: $(INSTALLED)
-	$(VENV)/bin/pytest -m "not ui and not stores" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not ui and not cluster and not stores" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
@@ -36,6 +36,29 @@ test-ui: $(INSTALLED) $(CHROMIUM)
 $(CHROMIUM):
 	@if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium
+
+# Distributed-Airflow tests (tests/cluster, marker `cluster`): CeleryExecutor with two workers, Postgres metadata DB
+# and Redis broker, all started by the tests on free loopback ports in temp dirs and stopped by PID. Debian's
+# redis-server and postgresql are installed here with apt when missing (as root, or through sudo); the Python
+# side is the `cluster` extra, pinned in constraints.txt.
+CLUSTER_INSTALLED := $(VENV)/.installed-cluster
+REDIS_SERVER := /usr/bin/redis-server
+POSTGRES := /usr/lib/postgresql/15/bin/postgres
+
+test-cluster: $(CLUSTER_INSTALLED) $(REDIS_SERVER) $(POSTGRES)
+	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
+
+$(CLUSTER_INSTALLED): $(INSTALLED) pyproject.toml constraints.txt
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[test,s3,cluster]'
+	@touch $@
+
+$(REDIS_SERVER):
+	@if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq redis-server
+
+$(POSTGRES):
+	@if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq postgresql
 
 # Every object store (tests/stores, marker `stores`): S3 (moto), GCS (gcp-storage-emulator) and Azure Blob (Azurite,
 # from npm into .stores/ when missing; node must be on the machine). The gcs/azure extras are installed without

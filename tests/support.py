@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,24 +84,3 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
             return result
         time.sleep(interval)  # the poll interval of a deadline-bounded loop
     raise TimeoutError(f"{what}: not done within {timeout:.0f} s (last error: {last_error!r})")
-
-
-def stop_processes(processes: dict[str, subprocess.Popen[bytes]], grace: float = 30) -> dict[str, float]:
-    """SIGTERM each process by its PID, wait up to ``grace`` s, then SIGKILL whatever is left in its process
-    group. Returns the seconds each process took to exit after the SIGTERM (those that did within ``grace``)."""
-    for proc in processes.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    stop_times: dict[str, float] = {}
-    for name, proc in processes.items():
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            stop_times[name] = round(grace - (deadline - time.monotonic()), 1)
-    for proc in processes.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # children it left behind (its group id is its PID)
-    return stop_times

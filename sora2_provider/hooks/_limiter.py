@@ -12,10 +12,14 @@ caller's: :meth:`CallBudget.wait` sleeps (worker side), :meth:`CallBudget.await_
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Callable
 
+#: Set by the hook's async methods around their worker-thread call: ``[True]`` while the turn the coroutine
+#: awaited is unused. In such a thread a 429 is not waited out (the coroutine waits, with ``asyncio.sleep``).
+AWAITED_TURN: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("sora2_awaited_turn", default=None)
 #: How long a caller waits before asking again while a probe for the next reset is in flight.
 PROBE_WAIT = 0.05
 #: Closed for this long when a 429 carries no usable reset time.

@@ -17,6 +17,7 @@ from typing import IO, Any
 import requests
 
 from sora2_provider.exceptions import Sora2DownloadError
+from sora2_provider.hooks._pipeline import ChunkPipeline
 from sora2_provider.models import DownloadResult, HistoryRecord
 
 CHUNK_SIZE = 1 << 20
@@ -190,9 +191,11 @@ def content_range(response: requests.Response) -> tuple[int | None, int | None]:
 
 
 class VideoSink:
-    """Where a video body goes: writes chunks, counts them, hashes them and checks the MP4 signature.
+    """Where a video body goes: counts the chunks, checks the MP4 signature, and hands them to a
+    :class:`~sora2_provider.hooks._pipeline.ChunkPipeline` that hashes them and writes them in threads of its own.
 
-    It survives several HTTP answers for one file (a resumed download) and never holds more than a chunk.
+    Use it as a context manager around the transfer (leaving the block waits for the last write and raises a
+    write error). It survives several HTTP answers for one file (a resumed download) and holds a few chunks at most.
     """
 
     def __init__(self, fh: IO[bytes], what: str) -> None:
@@ -202,8 +205,15 @@ class VideoSink:
         self.expected: int | None = None
         self.content_type: str | None = None
         self.validator: str | None = None
-        self._sha = hashlib.sha256()
+        self._pipeline = ChunkPipeline(fh.write)
         self._head = b""
+
+    def __enter__(self) -> VideoSink:
+        self._pipeline.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._pipeline.__exit__(*exc_info)
 
     def start(self, response: requests.Response) -> None:
         """Take size, type and validator (ETag / Last-Modified) from the first answer."""
@@ -230,7 +240,7 @@ class VideoSink:
         return self._skip_written(chunks)
 
     def _skip_written(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        remaining, check, written_digest = self.written, hashlib.sha256(), self._sha.copy().digest()
+        remaining, check, written_digest = self.written, hashlib.sha256(), self._pipeline.sha256().digest()
         for chunk in chunks:
             if remaining:
                 part = chunk[:remaining]
@@ -257,8 +267,7 @@ class VideoSink:
             self._head += chunk[: 8 - len(self._head)]
             if len(self._head) == 8:
                 self._check_signature()
-        self.fh.write(chunk)
-        self._sha.update(chunk)
+        self._pipeline.put(chunk)
         self.written += len(chunk)
 
     def _check_signature(self) -> None:
@@ -269,11 +278,14 @@ class VideoSink:
             )
 
     def finish(self) -> DownloadResult:
-        """Check the length and the signature, and describe what was written."""
+        """Wait for the pipeline, check the length and the signature, and describe what was written."""
+        self._pipeline.drain()
         if self.expected is not None and self.written < self.expected:
             raise IncompleteDownloadError(f"{self.what}: got {self.written} of {self.expected} bytes")
         if self.expected is not None and self.written > self.expected:
             raise Sora2DownloadError(f"{self.what}: got {self.written} bytes, more than the {self.expected} announced")
         if len(self._head) < 8:
             self._check_signature()
-        return DownloadResult(bytes=self.written, sha256=self._sha.hexdigest(), content_type=self.content_type)
+        return DownloadResult(
+            bytes=self.written, sha256=self._pipeline.sha256().hexdigest(), content_type=self.content_type
+        )

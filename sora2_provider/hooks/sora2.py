@@ -15,25 +15,16 @@ Anything else after the body left raises :class:`~sora2_provider.exceptions.Sora
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextvars
-import mimetypes
-import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import requests
 import tenacity
 from airflow.sdk import BaseHook
-from urllib3.exceptions import ConnectTimeoutError
 
 from sora2_provider.exceptions import (
     Sora2AuthError,
@@ -42,23 +33,31 @@ from sora2_provider.exceptions import (
     Sora2Error,
     Sora2InsufficientCreditsError,
     Sora2JobFailedError,
-    Sora2ModelRetiredError,
-    Sora2NotFoundError,
     Sora2RateLimitedError,
     Sora2ServerError,
-    Sora2SubmitUncertainError,
     Sora2ValidationError,
 )
-from sora2_provider.hooks._limiter import CallBudget, budget_for
+from sora2_provider.hooks._async import AsyncMixin
+from sora2_provider.hooks._history import HistoryMixin
+from sora2_provider.hooks._http import (
+    ERRORS,
+    SENT_ERRORS,
+    KeySafeSession,
+    PaidCall,
+    as_path,
+    host_url,
+    image_mime,
+    never_sent,
+    open_destination,
+    usable_url,
+)
+from sora2_provider.hooks._limiter import AWAITED_TURN, CallBudget, budget_for
 from sora2_provider.hooks._wire import (
     CHUNK_SIZE,
     IncompleteDownloadError,
     VideoSink,
     credit_numbers,
     error_text,
-    history_record,
-    history_row,
-    history_rows,
     is_failed_body,
     json_body,
     output_url,
@@ -67,7 +66,6 @@ from sora2_provider.hooks._wire import (
 )
 from sora2_provider.models import (
     DownloadResult,
-    HistoryRecord,
     JobResult,
     JobStatus,
     SubmittedJob,
@@ -85,145 +83,11 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 SYNC_TIMEOUT_FACTOR = 10
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
-WRITE_BLOCK_SIZE = 8 * 1024 * 1024  # object-storage part size when streaming a video (S3's minimum is 5 MiB)
 RESET_MARGIN = 0.1  # seconds added to the rate-limit reset time, against clock granularity
 USER_AGENT = "airflow-provider-sora2"
 
-_IMAGE_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
-_ERRORS: dict[int, tuple[type[Sora2Error], str]] = {
-    400: (Sora2ValidationError, "Segmind rejected a parameter"),
-    401: (Sora2AuthError, "the API key is missing or invalid"),
-    403: (Sora2AuthError, "the API key may not do this (model not allowed for the account)"),
-    404: (
-        Sora2NotFoundError,
-        "not found: unknown model, or a request id that is unknown or whose 1-hour record expired",
-    ),
-    405: (Sora2Error, "method not allowed"),
-    410: (Sora2ModelRetiredError, "the model is retired"),
-    422: (Sora2ValidationError, "Segmind rejected a parameter"),
-}
-#: Set by the async methods around their worker-thread call: ``[True]`` while the turn the coroutine awaited is
-#: unused. In such a thread a 429 is not waited out (the coroutine waits, with ``asyncio.sleep``).
-_AWAITED_TURN: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("sora2_awaited_turn", default=None)
-# Errors raised by requests after the request may have left: a paid call must not be repeated on these.
-_SENT_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
 
-
-class _KeySafeSession(requests.Session):
-    """A session that drops ``x-api-key`` on a redirect to another host, as requests does for Authorization."""
-
-    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
-        if response.request.url and self.should_strip_auth(response.request.url, prepared_request.url or ""):
-            prepared_request.headers.pop("x-api-key", None)
-        super().rebuild_auth(prepared_request, response)
-
-
-@dataclass(frozen=True)
-class _PaidCall:
-    """A billable POST in flight: what is known when its answer is lost."""
-
-    request: VideoRequest
-    endpoint: str
-    started_at: datetime
-
-    def uncertain(self, detail: str, **kw: Any) -> Sora2SubmitUncertainError:
-        r = self.request
-        return Sora2SubmitUncertainError(
-            f"{self.endpoint} {r.model} ({r.duration} s, {r.size}) sent at {self.started_at.isoformat()}: {detail}. "
-            f"Segmind may have created the job and charged for it (about {r.estimated_cost:.2f} credits). "
-            f"It was NOT resubmitted: look it up with find_requests(model={r.model!r}, "
-            f"since={self.started_at.isoformat()!r}) before submitting again",
-            model=r.model,
-            sent_at=self.started_at,
-            **kw,
-        )
-
-
-def _never_sent(err: requests.RequestException) -> bool:
-    """Whether requests failed before a connection existed, so the server cannot have seen the request."""
-    if isinstance(err, requests.ConnectTimeout):
-        return True
-    reason = getattr(err.args[0], "reason", None) if err.args else None
-    return isinstance(err, requests.ConnectionError) and isinstance(reason, ConnectTimeoutError)
-
-
-def _usable_url(url: str) -> bool:
-    """An http(s) URL with a host, a valid port and no white space."""
-    try:
-        parts = urlsplit(url)
-        return (
-            parts.scheme in ("http", "https")
-            and bool(parts.hostname)
-            and parts.port != 0
-            and not any(ch.isspace() for ch in url)
-        )
-    except ValueError:  # a bad port or IPv6 literal
-        return False
-
-
-def _host_url(host: str | None, schema: str | None = None, port: int | None = None) -> str | None:
-    """A base URL from a connection host: keeps a given scheme, else ``schema`` or https; adds ``port``."""
-    host = (host or "").strip().rstrip("/")
-    if not host:
-        return None
-    if "://" not in host:
-        host = f"{schema if schema in ('http', 'https') else 'https'}://{host}"
-    if port and urlsplit(host).port is None:
-        parts = urlsplit(host)
-        host = parts._replace(netloc=f"{parts.netloc}:{port}").geturl()
-    return host
-
-
-def _image_mime(data: bytes, name: str) -> str:
-    for signature, mime in _IMAGE_SIGNATURES:
-        if data.startswith(signature):
-            return mime
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    guessed = mimetypes.guess_type(name)[0]
-    if guessed and guessed.startswith("image/"):
-        return guessed
-    raise ValueError(f"source: {name} is not a PNG, JPEG, WEBP or GIF image")
-
-
-def _as_path(location: Any) -> Any:
-    """An ``ObjectStoragePath`` for URLs (``s3://``, ``file://``...) and object-storage paths, else a local Path."""
-    from airflow.sdk import ObjectStoragePath
-
-    if isinstance(location, ObjectStoragePath):
-        return location
-    if isinstance(location, str) and "://" in location:
-        return ObjectStoragePath(location)
-    return Path(os.fspath(location))
-
-
-@contextmanager
-def _open_destination(destination: Any) -> Iterator[IO[bytes]]:
-    """An open binary file for ``destination``: a file object (left open), an ObjectStoragePath, or a path.
-
-    Object storage is written in ``WRITE_BLOCK_SIZE`` parts (s3fs would buffer 50 MiB by default). A failed
-    download may leave a partial file behind: callers write to a temporary name.
-    """
-    if hasattr(destination, "write"):
-        yield destination
-        return
-    path = _as_path(destination)
-    opened = path.open("wb") if isinstance(path, Path) else path.open("wb", block_size=WRITE_BLOCK_SIZE)
-    with opened as fh:
-        yield fh
-
-
-class Sora2Hook(BaseHook):
+class Sora2Hook(AsyncMixin, HistoryMixin, BaseHook):
     """
     Interact with Segmind's Sora 2 text-to-video API.
 
@@ -292,7 +156,7 @@ class Sora2Hook(BaseHook):
             raise Sora2ConfigError(str(err)) from None
         hosts = {"host": self.base_url, "upload_host": self.upload_url, "history_host": self.history_url}
         for field, url in hosts.items():
-            if not _usable_url(url):
+            if not usable_url(url):
                 raise Sora2ConfigError(
                     f"connection {self.sora2_conn_id!r}: {field} {url!r} is not a usable URL; allowed values: an "
                     "http(s) URL such as 'https://api.segmind.com' (or empty for Segmind's own hosts)"
@@ -302,7 +166,7 @@ class Sora2Hook(BaseHook):
     def base_url(self) -> str:
         """Inference and credits host: the connection host, else ``https://api.segmind.com``."""
         conn = self.connection
-        return _host_url(conn.host, conn.schema, conn.port) or SEGMIND_API_URL
+        return host_url(conn.host, conn.schema, conn.port) or SEGMIND_API_URL
 
     @property
     def upload_url(self) -> str:
@@ -316,7 +180,7 @@ class Sora2Hook(BaseHook):
 
     def _secondary_url(self, extra_key: str, default: str) -> str:
         conn = self.connection
-        override = _host_url(self.extras.get(extra_key))
+        override = host_url(self.extras.get(extra_key))
         return override or (self.base_url if conn.host else default)
 
     @property
@@ -353,7 +217,7 @@ class Sora2Hook(BaseHook):
 
         mask_secret(key)
         self._secret = key
-        session = _KeySafeSession()
+        session = KeySafeSession()
         session.headers.update({"x-api-key": key, "Accept": "application/json", "User-Agent": USER_AGENT})
         return session
 
@@ -393,7 +257,7 @@ class Sora2Hook(BaseHook):
             return max(0.0, min(delay, self.max_wait))
 
         retried: tuple[type[Exception], ...] = (Sora2ServerError, IncompleteDownloadError)
-        if _AWAITED_TURN.get() is None:  # in a trigger's thread the coroutine waits out a 429 instead
+        if AWAITED_TURN.get() is None:  # in a trigger's thread the coroutine waits out a 429 instead
             retried = (Sora2RateLimitedError, *retried)
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(retried),
@@ -414,7 +278,7 @@ class Sora2Hook(BaseHook):
         url: str,
         *,
         what: str,
-        paid: _PaidCall | None = None,
+        paid: PaidCall | None = None,
         request_id: str | None = None,
         failed_is_payload: bool = False,
         keyed: bool = True,
@@ -445,7 +309,7 @@ class Sora2Hook(BaseHook):
 
     def _take_turn(self) -> None:
         """Wait for a turn (worker side), or use the one the calling coroutine awaited (trigger side)."""
-        awaited = _AWAITED_TURN.get()
+        awaited = AWAITED_TURN.get()
         if awaited is None:
             self.budget.wait()
         elif awaited[0]:
@@ -453,18 +317,18 @@ class Sora2Hook(BaseHook):
         else:
             self.budget.count()
 
-    def _transport_error(self, err: requests.RequestException, what: str, paid: _PaidCall | None) -> Sora2Error:
+    def _transport_error(self, err: requests.RequestException, what: str, paid: PaidCall | None) -> Sora2Error:
         detail = f"{type(err).__name__}: {self._redact(str(err))}"
-        if _never_sent(err):
+        if never_sent(err):
             return Sora2ServerError(f"{what}: could not connect, nothing was sent ({detail})")
-        if not isinstance(err, _SENT_ERRORS):
+        if not isinstance(err, SENT_ERRORS):
             return Sora2Error(f"{what}: the request could not be made ({detail})")
         if paid is not None:
             return paid.uncertain(f"the answer was lost ({detail})")
         return Sora2ServerError(f"{what}: {detail}")
 
     def _http_error(
-        self, response: requests.Response, what: str, paid: _PaidCall | None, request_id: str | None
+        self, response: requests.Response, what: str, paid: PaidCall | None, request_id: str | None
     ) -> Sora2Error:
         code = response.status_code
         kw: dict[str, Any] = {
@@ -485,8 +349,8 @@ class Sora2Hook(BaseHook):
         if code == 406:
             return self._not_acceptable(what, kw)
         if code in (401, 403):
-            return Sora2AuthError(f"{what}: connection {self.sora2_conn_id!r}: {_ERRORS[code][1]}", **kw)
-        error_class, reason = _ERRORS.get(code, (Sora2Error, "unexpected answer"))
+            return Sora2AuthError(f"{what}: connection {self.sora2_conn_id!r}: {ERRORS[code][1]}", **kw)
+        error_class, reason = ERRORS.get(code, (Sora2Error, "unexpected answer"))
         return error_class(f"{what}: {reason}", **kw)
 
     @staticmethod
@@ -541,9 +405,9 @@ class Sora2Hook(BaseHook):
 
     # ------------------------------------------------------------------ async jobs (v2)
 
-    def _paid_post(self, request: VideoRequest, version: str, **kwargs: Any) -> tuple[requests.Response, _PaidCall]:
+    def _paid_post(self, request: VideoRequest, version: str, **kwargs: Any) -> tuple[requests.Response, PaidCall]:
         endpoint = f"POST /{version}/{request.model}"
-        paid = _PaidCall(request, endpoint, datetime.now(timezone.utc))
+        paid = PaidCall(request, endpoint, datetime.now(timezone.utc))
         response = self._call(
             "POST",
             f"{self.base_url}/{version}/{request.model}",
@@ -628,11 +492,12 @@ class Sora2Hook(BaseHook):
         a body cut short raises :class:`Sora2DownloadError` naming the request id (it cannot be resumed).
         """
         connect, read = self.timeouts
-        with _open_destination(destination) as fh:  # opened first: a bad destination fails before paying
+        with open_destination(destination) as fh:  # opened first: a bad destination fails before paying
             response, paid = self._paid_post(request, "v1", stream=True, timeout=(connect, read * SYNC_TIMEOUT_FACTOR))
             with response:
                 request_id = response.headers.get("x-request-id")
-                download = self._sync_body(response, VideoSink(fh, f"{paid.endpoint} request {request_id}"))
+                with VideoSink(fh, f"{paid.endpoint} request {request_id}") as sink:
+                    download = self._sync_body(response, sink)
         return SyncResult(
             request_id=request_id,
             download=download,
@@ -661,11 +526,11 @@ class Sora2Hook(BaseHook):
     def download(self, url: str, destination: Any) -> DownloadResult:
         """Stream a finished video to ``destination`` (ObjectStoragePath, path, or open binary file).
 
-        Memory stays within one 1 MiB chunk. A short read resumes with ``Range`` (or re-reads and skips what
+        Memory stays within a few 1 MiB chunks (hashing and writing run in threads fed by bounded queues, see
+        ``_pipeline``). A short read resumes with ``Range`` (or re-reads and skips what
         was written when the server ignores it); the MP4 signature is checked. The API key is not sent.
         """
-        with _open_destination(destination) as fh:
-            sink = VideoSink(fh, f"download of {url}")
+        with open_destination(destination) as fh, VideoSink(fh, f"download of {url}") as sink:
             self._retrying()(self._download_attempt, url, sink)
         return sink.finish()
 
@@ -691,12 +556,12 @@ class Sora2Hook(BaseHook):
         ``source``: a local path, a ``file://`` or ``s3://...`` URL, or an ``ObjectStoragePath``.
         The upload is retried like a GET: a repeat at worst stores the same image twice, for free.
         """
-        path = _as_path(source)
+        path = as_path(source)
         with path.open("rb") as fh:
             data = fh.read(MAX_IMAGE_BYTES + 1)
         if len(data) > MAX_IMAGE_BYTES:
             raise ValueError(f"source: {source} is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
-        data_url = f"data:{_image_mime(data, path.name)};base64,{base64.b64encode(data).decode('ascii')}"
+        data_url = f"data:{image_mime(data, path.name)};base64,{base64.b64encode(data).decode('ascii')}"
         _, body = self._call_json(
             "POST", f"{self.upload_url}/upload-asset", what=f"upload of {path.name}", json={"data_urls": [data_url]}
         )
@@ -704,109 +569,3 @@ class Sora2Hook(BaseHook):
         if not isinstance(urls, list) or not urls or not isinstance(urls[0], str):
             raise Sora2Error(f"upload of {path.name}: the answer has no file_urls", segmind_message=str(body)[:300])
         return urls[0]
-
-    # ------------------------------------------------------------------ request history
-
-    def get_request_record(self, request_id: str) -> HistoryRecord:
-        """The history row of one request of any age (status, cost, inputs as sent, output URL)."""
-        url = f"{self.history_url}/inference-request/request-history/{quote(request_id, safe='')}"
-        what = f"history of {request_id}"
-        _, body = self._call_json("GET", url, what=what, request_id=request_id)
-        row = history_row(body)
-        if row is None:
-            raise Sora2NotFoundError(f"{what}: the answer holds no request row", request_id=request_id)
-        return history_record(row)
-
-    def find_requests(
-        self,
-        model: str | None = None,
-        since: datetime | None = None,
-        *,
-        status: str | None = None,
-        per_page: int = 100,
-        max_pages: int = 20,
-    ) -> list[HistoryRecord]:
-        """History rows newest first, paging until a row is older than ``since`` (naive = UTC) or rows run out.
-
-        Segmind's history window spans at most 31 days; ``since`` older than that is refused (400).
-        """
-        if not 1 <= per_page <= 100:
-            raise ValueError(f"per_page: {per_page!r} must be between 1 and 100")
-        since_utc = since.replace(tzinfo=since.tzinfo or timezone.utc) if since else None
-        params = self._history_params(model, since_utc, status, per_page)
-        url = f"{self.history_url}/inference-request/request-history"
-        found: list[HistoryRecord] = []
-        for page in range(1, max_pages + 1):
-            _, body = self._call_json("GET", url, what="history search", params={**params, "page": page})
-            rows = history_rows(body)
-            for record in map(history_record, rows):
-                created = parse_timestamp(record.created_at)
-                if since_utc and created and created < since_utc:
-                    return found
-                if (not model or record.model in (None, model)) and (not status or record.status == params["status"]):
-                    found.append(record)
-            if len(rows) < per_page:
-                break
-        return found
-
-    @staticmethod
-    def _history_params(model: str | None, since: datetime | None, status: str | None, per_page: int) -> dict:
-        params: dict[str, Any] = {"per_page": per_page, "sort_by": "model_created", "sort_order": "desc"}
-        params["model_name"] = model
-        params["status"] = status.upper() if status else None
-        if since is not None:
-            params["from_date"] = since.astimezone(timezone.utc).date().isoformat()
-            params["to_date"] = datetime.now(timezone.utc).date().isoformat()
-        return params
-
-    # ------------------------------------------------------------------ async counterparts (for triggers)
-
-    async def aprepare(self) -> None:
-        """Everything the calls need from Airflow, done here on the event loop's thread: look the connection up
-        (async API), read its extras and register the key's mask. The worker threads below then only use plain
-        values; on Airflow 3.1 a supervisor message from such a thread would take the whole triggerer down."""
-        if self._conn is None:
-            try:
-                self._conn = await self.aget_connection(self.sora2_conn_id)
-            except Exception as err:
-                raise self._undefined(err) from None
-        self.get_conn()  # no I/O: builds the session, reads the extras, masks the key
-
-    async def _in_thread(self, method: Any, *args: Any) -> Any:
-        """``method(*args)`` in a worker thread, after waiting for a turn of the call budget in the event loop.
-
-        A 429 is waited out here (``asyncio.sleep`` until the reset), up to ``max_retries`` times, so no thread is
-        held while the account's rate limit is spent."""
-        await self.aprepare()
-        attempt = 0
-        while True:
-            await self.budget.await_turn()
-            context = contextvars.copy_context()
-            context.run(_AWAITED_TURN.set, [True])
-            try:
-                return await asyncio.to_thread(context.run, method, *args)
-            except Sora2RateLimitedError as err:
-                attempt += 1
-                if attempt > self.max_retries:
-                    raise
-                self.log.warning("%s; waiting for the reset (retry %d of %d)", err, attempt, self.max_retries)
-
-    async def aget_status(self, request_id: str) -> JobStatus:
-        """:meth:`get_status` in a worker thread: the event loop never blocks."""
-        return await self._in_thread(self.get_status, request_id)
-
-    async def aget_result(self, request_id: str) -> JobResult:
-        """:meth:`get_result` in a worker thread."""
-        return await self._in_thread(self.get_result, request_id)
-
-    async def aget_credits(self) -> dict[str, float]:
-        """:meth:`get_credits` in a worker thread."""
-        return await self._in_thread(self.get_credits)
-
-    async def aget_request_record(self, request_id: str) -> HistoryRecord:
-        """:meth:`get_request_record` in a worker thread (recovers a job whose v2 record expired)."""
-        return await self._in_thread(self.get_request_record, request_id)
-
-    async def afind_requests(self, since: datetime, per_page: int = 100) -> list[HistoryRecord]:
-        """:meth:`find_requests` (every model and status, newest first, back to ``since``) in a worker thread."""
-        return await self._in_thread(lambda: self.find_requests(since=since, per_page=per_page))

@@ -8,7 +8,8 @@ writing the MP4 to a ``file://`` path; the connection tests need only the api-se
 ``Sora2Hook.test_connection``.
 
 Chromium: Debian's ``/usr/bin/chromium`` (``make test-ui`` installs it with apt), never a browser downloaded by
-Playwright. Every process started here is stopped by its PID at teardown, with whatever it left in its process group.
+Playwright. The api-server and the run are started and stopped by PID through ``tests.airflow_cluster`` (shared with
+tests/e2e and tests/cluster), which checks at teardown that nothing they started is left.
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, free_port, stop_processes, wait_for
+from tests.airflow_cluster import AirflowCluster, run_cluster
+from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "docs" / "img"
@@ -95,72 +95,15 @@ class GenerationRun:
 
 
 @dataclass
-class UiAirflow:
-    """The running Airflow: its home, environment, URL, REST API and processes."""
+class UiAirflow(AirflowCluster):
+    """The running api-server (``tests.airflow_cluster``, signed in as the known user) and the generation run."""
 
-    home: Path
-    env: dict[str, str]
-    url: str
-    output_uri: str
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    _token: str | None = None
+    output_uri: str = ""
     _run: GenerationRun | None = None
 
     @property
-    def log_dir(self) -> Path:
-        return self.home / "process-logs"
-
-    # -- processes ------------------------------------------------------------------------------
-
-    def cli(self, *args: str, timeout: float = 300) -> str:
-        proc = subprocess.run(
-            [str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        assert proc.returncode == 0, f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return proc.stdout
-
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            [str(BIN / "airflow"), *args],
-            env=env or self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: its children can be found and stopped with it
-        )
-        log.close()
-        self.processes[name] = proc
-        return proc
-
-    def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.log_dir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def stop(self) -> None:
-        """Stop every process by its PID (see ``tests.support.stop_processes``)."""
-        stop_processes(self.processes)
-
-    # -- REST API -------------------------------------------------------------------------------
-
-    def healthy(self) -> bool:
-        server = self.processes["api-server"]
-        if server.poll() is not None:
-            raise AssertionError(f"airflow api-server exited with {server.returncode}:\n{self.log_tail('api-server')}")
-        health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
-        return health.get("metadatabase", {}).get("status") == "healthy"
-
-    def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        if self._token is None:
-            answer = requests.post(
-                f"{self.url}/auth/token", json={"username": USERNAME, "password": PASSWORD}, timeout=30
-            )
-            answer.raise_for_status()
-            self._token = answer.json()["access_token"]
-        headers = {"Authorization": f"Bearer {self._token}"}
-        response = requests.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
-        response.raise_for_status()
-        return response.json()
+    def url(self) -> str:
+        return self.api_url
 
     def hook_credits(self, conn_id: str) -> dict[str, float]:
         """``Sora2Hook(conn_id).get_credits()`` in a separate process that reads connections from this metadata DB."""
@@ -179,7 +122,7 @@ class UiAirflow:
     def generation_run(self) -> GenerationRun:
         """Wait for the background ``airflow dags test`` run, then read what it stored through the REST API."""
         if self._run is None:
-            proc = self.processes["dags-test"]
+            proc = self.processes.started["dags-test"].popen
             try:
                 proc.wait(timeout=RUN_DEADLINE)
             except subprocess.TimeoutExpired:
@@ -210,45 +153,23 @@ def ui_emulator() -> Iterator[Any]:
 def ui_airflow(ui_emulator: Any, s3_server: str) -> Iterator[UiAirflow]:
     """``airflow api-server`` on a free loopback port with a migrated SQLite DB, plus the generation run."""
     home = Path(os.environ["AIRFLOW_HOME"]) / "ui"  # inside the session's home: its key-leak scan covers our logs
-    if home.exists():
-        shutil.rmtree(home)
-    dags = home / "dags"
-    dags.mkdir(parents=True)
-    (home / "process-logs").mkdir()
-    passwords = home / "simple_auth_manager_passwords.json"
-    passwords.write_text(json.dumps({USERNAME: PASSWORD}))
     output_uri = f"s3://aws_default@sora2-test/ui/{DAG_ID}.mp4"
-    (dags / f"{DAG_ID}.py").write_text(
-        textwrap.dedent(DAG_SOURCE).format(dag_id=DAG_ID, task_id=TASK_ID, output_uri=output_uri)
-    )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__UNIT_TEST_MODE="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+    passwords = home / "simple_auth_manager_passwords.json"
+    settings = dict(
         AIRFLOW__CORE__TEST_CONNECTION="Enabled",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{USERNAME}:admin",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
-        AIRFLOW__API__HOST="127.0.0.1",
-        AIRFLOW__API__PORT=str(port),
-        AIRFLOW__API__BASE_URL=url,
-        AIRFLOW__API_AUTH__JWT_SECRET=os.urandom(16).hex(),
         # Compiled bytecode goes to a cache outside the repository and the venv (whose installer wrote none), so
         # the api-server, the generation run and the hook check do not each recompile Airflow from source.
         PYTHONPYCACHEPREFIX=os.environ.get("SORA2_UI_PYCACHE", str(Path.home() / ".cache" / "sora2-ui-pycache")),
+        PYTHONDONTWRITEBYTECODE=None,
     )
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    airflow = UiAirflow(home=home, env=env, url=url, output_uri=output_uri)
-    airflow.cli("db", "migrate")
-    try:
-        airflow.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
-        # The generation run needs no server: it runs the task in-process against the same DB (dag.test()),
-        # with its own environment-variable connection, while the api-server boots.
+
+    def start_generation_run(airflow: UiAirflow) -> None:
+        """The generation run needs no server: it runs the task in-process against the same DB (dag.test()),
+        with its own environment-variable connection, while the api-server boots."""
+        airflow.output_uri = output_uri
         aws = {
             "conn_type": "aws",
             "login": "testing",
@@ -256,15 +177,26 @@ def ui_airflow(ui_emulator: Any, s3_server: str) -> Iterator[UiAirflow]:
             "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"},
         }
         run_env = {
-            **env,
+            **airflow.env,
             "AIRFLOW_CONN_SORA2_DEFAULT": connection_json(ui_emulator.url, api_key=RUN_API_KEY),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
         }
-        airflow.start("dags-test", "dags", "test", DAG_ID, env=run_env)
-        wait_for("a healthy api-server", airflow.healthy, timeout=SERVER_DEADLINE)
+        argv = [str(BIN / "airflow"), "dags", "test", DAG_ID]
+        airflow.processes.start("dags-test", argv, run_env, service=False)
+
+    with run_cluster(
+        home,
+        executor="LocalExecutor",
+        components=("api-server",),
+        settings=settings,
+        dag_files={f"{DAG_ID}.py": DAG_SOURCE.format(dag_id=DAG_ID, task_id=TASK_ID, output_uri=output_uri)},
+        home_files={passwords.name: json.dumps({USERNAME: PASSWORD})},
+        credentials=(USERNAME, PASSWORD),
+        on_started=start_generation_run,
+        ready_timeout=SERVER_DEADLINE,
+        cls=UiAirflow,
+    ) as airflow:
         yield airflow
-    finally:
-        airflow.stop()
 
 
 @pytest.fixture(scope="module")
