@@ -7,8 +7,8 @@ INSTALLED := $(VENV)/.installed
 # One pinned set per Airflow line (constraints/airflow-3.X.txt); .venv and `make test` use the newest line.
 CONSTRAINTS := constraints/airflow-3.3.txt
 
-.PHONY: test lint typecheck pytest demo bench bench-quick test-ui test-cluster report acceptance-report clean uv dist \
-	test-matrix
+.PHONY: test lint typecheck pytest demo bench bench-quick test-ui test-cluster test-stores report acceptance-report \
+	clean uv dist test-matrix
 
 uv:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -27,7 +27,7 @@ typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy sora2_provider
 
 pytest: $(INSTALLED)
-	$(VENV)/bin/pytest -m "not ui and not cluster" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not ui and not cluster and not stores" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
@@ -65,6 +65,25 @@ $(POSTGRES):
 	@if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq postgresql
 
+# Every object store (tests/stores, marker `stores`): S3 (moto), GCS (gcp-storage-emulator) and Azure Blob (Azurite,
+# from npm into .stores/ when missing; node must be on the machine). The gcs/azure extras are installed without
+# --compile-bytecode: compiling the Google and Azure SDKs takes minutes, and only what the tests import is compiled.
+STORES_INSTALLED := $(VENV)/.installed-stores
+AZURITE := .stores/node_modules/.bin/azurite-blob
+AZURITE_VERSION := 3.37.0
+
+test-stores: $(STORES_INSTALLED) $(AZURITE)
+	$(VENV)/bin/pytest -m stores tests/stores $(PYTEST_ARGS)
+
+$(STORES_INSTALLED): pyproject.toml $(CONSTRAINTS)
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@test -x $(PY) || $(UV) venv --quiet --python python3 $(VENV)
+	$(UV) pip install --quiet --python $(PY) -c $(CONSTRAINTS) -e '.[test-stores]'
+	@touch $@
+
+$(AZURITE):
+	npm install --silent --no-audit --no-fund --prefix .stores azurite@$(AZURITE_VERSION)
+
 # Runs tests/acceptance (fault matrix, bad input, secrets) and renders tests/acceptance/REPORT.md from what it saw.
 acceptance-report: $(INSTALLED)
 	@results=$$(mktemp -t sora2-acceptance-XXXXXX.json); \
@@ -77,7 +96,7 @@ demo: $(INSTALLED)
 
 # Benchmarks of issue #8 (bench/RESULTS.md): the full run takes under 15 minutes on two cores; bench-quick is the
 # small variant (make test runs it too, through tests/bench). Options: BENCH_ARGS="--only P2,P3" ...
-bench: $(INSTALLED)
+bench: $(INSTALLED) $(STORES_INSTALLED) $(AZURITE)
 	$(PY) -m bench $(BENCH_ARGS)
 
 bench-quick: $(INSTALLED)
@@ -96,4 +115,4 @@ test-matrix: dist
 	python3 scripts/matrix.py $(MATRIX_ARGS)
 
 clean:
-	rm -rf $(VENV) .matrix dist .mypy_cache .ruff_cache
+	rm -rf $(VENV) .matrix dist .mypy_cache .ruff_cache .stores

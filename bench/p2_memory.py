@@ -1,4 +1,5 @@
-"""P2 memory: peak RSS added while the operator stores a 1 GiB MP4 to ``file://`` and to moto S3.
+"""P2 memory: peak RSS added while the operator stores a 1 GiB MP4 to ``file://``, moto S3, and (when their
+extras and Azurite are installed, as ``make test-stores`` and ``make bench`` do) GCS and Azure Blob.
 
 The emulator serves every MP4 padded to 1 GiB (``pad_output_to``); it and the moto server run in processes of
 their own. Each variant runs in a fresh interpreter that first loads what it needs, and for the operator also
@@ -46,6 +47,23 @@ TARGET_MIB = 64
 PROMPT = "A paper boat drifting down a rain-soaked gutter"
 BODY = {"prompt": PROMPT, "duration": 4, "size": "1280x720"}
 VARIANTS = ("seed_content", "sdk_content", "raw_stream", "provider_file", "provider_s3")
+#: The other object stores, measured when their extras (``make test-stores`` installs them) and Azurite are there.
+STORE_VARIANTS = {"provider_gcs": "GCS (gcp-storage-emulator)", "provider_azure": "Azure Blob (Azurite)"}
+STORE_LABELS = {"provider_file": "file://", "provider_s3": "moto S3", **STORE_VARIANTS}
+
+
+def _store_variants() -> list[str]:
+    """The GCS and Azure variants this environment can run (gcsfs / adlfs installed, Azurite under .stores/)."""
+    import importlib.util
+
+    from tests.stores.servers import AZURITE
+
+    found = []
+    if importlib.util.find_spec("gcsfs") and importlib.util.find_spec("gcp_storage_emulator"):
+        found.append("provider_gcs")
+    if importlib.util.find_spec("adlfs") and AZURITE.exists():
+        found.append("provider_azure")
+    return found
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -54,17 +72,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def run(result: Result, args: argparse.Namespace) -> None:
     size = (args.size_mib or (32 if args.quick else 1024)) * MiB
-    result.params = {"mp4_bytes": size, "variants": list(VARIANTS), "sampling": "2 ms RSS thread + ru_maxrss"}
+    variants = [*VARIANTS, *_store_variants()]
+    result.params = {"mp4_bytes": size, "variants": variants, "sampling": "2 ms RSS thread + ru_maxrss"}
     airflow_home = ensure_airflow_env()
     with scratch_dir("sora2-bench-p2-") as scratch:
         emulator = EmulatorProcess(time_scale=0.001, pad_output_to=size, log_path=scratch / "emulator.log")
         moto = MotoS3(log_path=scratch / "moto.log")
+        stores = _start_stores(variants, scratch)
         try:
             output_url = emulator.submit_and_wait()
             rows: dict[str, dict[str, Any]] = {}
-            for variant in VARIANTS:
+            for variant in variants:
                 log(f"P2: {variant} ({size // MiB} MiB) in a fresh interpreter")
-                rows[variant] = _run_child(variant, emulator.url, moto.endpoint, output_url, scratch, airflow_home)
+                rows[variant] = _run_child(variant, emulator.url, moto.endpoint, output_url, scratch, airflow_home,
+                                           stores)
                 if variant == "provider_s3":
                     rows[variant]["stored_bytes"] = moto.size("p2/out.mp4")
                     moto.client().delete_object(Bucket=moto.bucket, Key="p2/out.mp4")
@@ -73,9 +94,12 @@ def run(result: Result, args: argparse.Namespace) -> None:
         finally:
             emulator.stop()
             moto.stop()
+            for server in stores.values():
+                server.stop()
     result.figures = rows
     seed = rows["seed_content"]["peak_added_mib"]
-    for variant, label in (("provider_file", "file://"), ("provider_s3", "moto S3")):
+    for variant in (v for v in variants if v in STORE_LABELS):
+        label = STORE_LABELS[variant]
         added = rows[variant]["peak_added_mib"]
         result.check(f"P2 peak RSS added, operator -> {label}", round(added, 1), "MiB",
                      baseline_name="seed .content", baseline=round(seed, 1), ratio=ratio(added, seed),
@@ -85,7 +109,11 @@ def run(result: Result, args: argparse.Namespace) -> None:
         added = rows[variant]["peak_added_mib"]
         result.check(f"P2 peak RSS added, {label}", round(added, 1), "MiB",
                      baseline_name="seed .content", baseline=round(seed, 1), ratio=ratio(added, seed))
-    for variant in ("provider_file", "provider_s3"):
+    missing = sorted(set(STORE_VARIANTS) - set(variants))
+    if missing:
+        result.notes.append(f"not measured here: {', '.join(missing)} (`make test-stores` installs their extras and "
+                            "Azurite; `make bench` does too)")
+    for variant in (v for v in variants if v in STORE_LABELS):
         row = rows[variant]
         result.notes.append(
             f"{variant}: RSS {row['rss_before_mib']:.0f} MiB before the transfer, peak {row['peak_rss_mib']:.0f} MiB; "
@@ -93,12 +121,35 @@ def run(result: Result, args: argparse.Namespace) -> None:
         )
 
 
-def _run_child(variant: str, url: str, s3: str, output_url: str, scratch: Path, airflow_home: Path) -> dict[str, Any]:
+def _start_stores(variants: list[str], scratch: Path) -> dict[str, Any]:
+    """The GCS API (in memory) and Azurite, as processes of their own, for the variants that need them."""
+    from tests.stores.servers import AzuriteServer, GcsServer
+
+    stores: dict[str, Any] = {}
+    try:
+        if "provider_gcs" in variants:
+            stores["provider_gcs"] = GcsServer(in_memory=True, log_path=scratch / "gcs.log")
+        if "provider_azure" in variants:
+            stores["provider_azure"] = AzuriteServer(log_path=scratch / "azurite.log")
+    except BaseException:
+        for server in stores.values():
+            server.stop()
+        raise
+    return stores
+
+
+def _run_child(variant: str, url: str, s3: str, output_url: str, scratch: Path, airflow_home: Path,
+               stores: dict[str, Any]) -> dict[str, Any]:
     out = scratch / f"{variant}.json"
     argv = [PYTHON, "-m", "bench.p2_memory", "--child", variant, "--url", url, "--s3", s3,
             "--output-url", output_url, "--dir", str(scratch), "--json", str(out)]
     env = base_env()
     env["SORA2_BENCH_AIRFLOW_HOME"] = str(airflow_home)
+    if variant in stores:
+        from tests.stores.servers import GCS_CLIENT_ENV
+
+        env.update(GCS_CLIENT_ENV)
+        env["SORA2_BENCH_STORE_CONN"] = json.dumps(stores[variant].connection())
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"P2 child {variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -115,7 +166,7 @@ def child_main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     measure = {"seed_content": _seed, "sdk_content": _sdk, "raw_stream": _raw, "provider_file": _provider,
-               "provider_s3": _provider}[args.child]
+               "provider_s3": _provider, "provider_gcs": _provider, "provider_azure": _provider}[args.child]
     row = measure(args)
     args.json.write_text(json.dumps({"variant": args.child, **row}))
 
@@ -188,6 +239,12 @@ def _provider(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.child == "provider_s3":
         uri = f"s3://aws_default@{MotoS3.bucket}/p2/out.mp4"
+    elif args.child == "provider_gcs":
+        os.environ["AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT"] = os.environ["SORA2_BENCH_STORE_CONN"]
+        uri = "gs://google_cloud_default@sora2-test/p2/out.mp4"
+    elif args.child == "provider_azure":
+        os.environ["AIRFLOW_CONN_WASB_DEFAULT"] = os.environ["SORA2_BENCH_STORE_CONN"]
+        uri = "abfs://wasb_default@sora2-test/p2/out.mp4"
     else:
         uri = f"file://{args.dir}/provider/out.mp4"
     loaded = rss_bytes()
@@ -206,6 +263,12 @@ def _provider(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.dir) / "provider" / "out.mp4"
         row["stored_bytes"] = path.stat().st_size
         path.unlink()
+    elif args.child in STORE_VARIANTS:
+        from sora2_provider.storage import to_object_storage_path
+
+        stored = to_object_storage_path(uri)
+        row["stored_bytes"] = stored.stat().st_size
+        stored.unlink()
     return row
 
 

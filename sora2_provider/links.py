@@ -2,14 +2,15 @@
 
 Airflow 3 calls ``get_link`` on the worker when the task ends and stores the answer in XCom under
 ``xcom_key``; the UI shows that stored value, but only when a browser can open it (http(s)), so an
-object-storage URI becomes its cloud console page. A ``file://`` video has no browser URL: the link
+object-storage URI becomes its cloud console page (Azure: when the connection names the account's
+subscription and resource group). A ``file://`` video has no browser URL: the link
 stays empty and the location is in the XCom dict (``uri``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
@@ -25,13 +26,68 @@ _CONSOLES = {
 }
 
 
+_AZURE_SCHEMES = {"abfs", "abfss", "adl"}
+_AZURE_PORTAL = (
+    "https://portal.azure.com/#view/Microsoft_Azure_Storage/BlobPropertiesBladeV2/storageAccountId/{account_id}"
+    "/path/{path}/isDeleted~/false/tabToload~/0"
+)
+
+
+def azure_portal_url(subscription_id: str, resource_group: str, account: str, container: str, blob: str) -> str:
+    """The Azure portal's page of one blob (its properties blade, from the storage account's resource id)."""
+    account_id = (
+        f"/subscriptions/{subscription_id}/resourceGroups/{resource_group}"
+        f"/providers/Microsoft.Storage/storageAccounts/{account}"
+    )
+    return _AZURE_PORTAL.format(account_id=quote(account_id, safe=""), path=quote(f"{container}/{blob}", safe=""))
+
+
+def azure_account(extras: dict[str, Any], login: str | None = None, host: str | None = None) -> dict[str, str] | None:
+    """``subscription_id``, ``resource_group`` and ``account`` from a wasb/adls connection, or None.
+
+    The portal addresses a storage account by its resource id, which no ``abfs://`` URI holds: the connection's
+    extras ``subscription_id`` and ``resource_group`` give it; the account name is the extra ``account_name``,
+    the ``AccountName`` of the extra ``connection_string``, the login, or the host's first label.
+    """
+    account = extras.get("account_name") or ""
+    if not account:
+        fields = dict(p.split("=", 1) for p in str(extras.get("connection_string") or "").split(";") if "=" in p)
+        account = fields.get("AccountName", "")
+    if not account and login:
+        account = login
+    if not account and host:
+        account = (urlsplit(host).hostname or host).split(".", 1)[0]
+    subscription, group = extras.get("subscription_id"), extras.get("resource_group")
+    if not (account and subscription and group):
+        return None
+    return {"subscription_id": str(subscription), "resource_group": str(group), "account": account}
+
+
+def _azure_browser_url(parts: SplitResult) -> str:
+    """``abfs://conn_id@container/blob`` -> the blob's portal page, when the connection names its account."""
+    if not parts.username or not parts.hostname:
+        return ""
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(parts.username)
+    except Exception:  # no such connection: no link, never a failed task
+        return ""
+    found = azure_account(conn.extra_dejson, conn.login, conn.host)
+    if found is None:
+        return ""
+    return azure_portal_url(container=parts.hostname, blob=unquote(parts.path.lstrip("/")), **found)
+
+
 def browser_url(uri: str | None) -> str:
-    """A URL a browser can open for a stored object: http(s) as is, S3/GCS as their console page, else ''."""
+    """A URL a browser can open for a stored object: http(s) as is, S3/GCS/Azure as their console page, else ''."""
     if not uri:
         return ""
     parts = urlsplit(uri)
     if parts.scheme in ("http", "https"):
         return uri
+    if parts.scheme in _AZURE_SCHEMES:
+        return _azure_browser_url(parts)
     console = _CONSOLES.get(parts.scheme)
     if console is None or not parts.hostname:
         return ""
@@ -39,7 +95,7 @@ def browser_url(uri: str | None) -> str:
 
 
 class Sora2VideoLink(BaseOperatorLink):
-    """Link to the MP4 where the task stored it (the S3 or GCS console page of the object)."""
+    """Link to the MP4 where the task stored it (the S3, GCS or Azure portal page of the object)."""
 
     name = "Stored video"
     attribute = "stored_video_uri"

@@ -59,10 +59,13 @@ def atomic_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
     A local file is written under a hidden temporary name in its own directory and renamed into place
     (a rename within one filesystem is atomic; fsspec's local transactions stage in the system temp dir,
     and moving from there to another filesystem is a copy that readers see half done). Elsewhere fsspec's
-    transactional files (``autocommit=False``) are used: an S3 multipart upload stays invisible until it is
-    completed, in parts of ``WRITE_BLOCK_SIZE``, ``PARTS_IN_FLIGHT`` of them uploading at once
-    (:class:`~sora2_provider._writers.S3PartWriter`). On any error, the final upload and commit included, the
-    temporary data is discarded (the multipart upload aborted) and nothing is left at ``path``.
+    transactional files (``autocommit=False``) are used, in parts of ``WRITE_BLOCK_SIZE``: an S3 multipart
+    upload stays invisible until it is completed (``PARTS_IN_FLIGHT`` parts uploading at once,
+    :class:`~sora2_provider._writers.S3PartWriter`), a GCS resumable upload until its last chunk, Azure staged
+    blocks until the block list is committed (adlfs commits at ``close()``). On any error, the final upload
+    and commit included, the temporary data is discarded (the S3 multipart upload aborted, the GCS upload
+    session cancelled; Azure keeps uncommitted blocks until the blob's next commit or for 7 days) and the
+    file is marked closed so nothing commits it later: nothing is left at ``path``.
     """
     if isinstance(path.fs, LocalFileSystem):
         with _local_atomic_writer(Path(path.path)) as local:
@@ -76,7 +79,22 @@ def atomic_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
     except BaseException:
         with suppress(Exception):  # the original error is the one to report
             handle.discard()
+        # Nothing may finish this file later: its finaliser (``__del__`` -> ``close()``) would flush what was
+        # written, and adlfs commits its staged blocks on close whatever ``autocommit`` says (a partial blob at
+        # ``path``).
+        handle.closed = True
         raise
+    finally:
+        _forget(path.fs, handle)
+
+
+def _forget(fs: Any, handle: Any) -> None:
+    """Take ``handle`` off the queue where fsspec keeps every ``autocommit=False`` file of a filesystem (the
+    cached one, for the whole process): a later ``with fs.transaction:`` would commit or discard it again, and
+    its buffer would never be freed."""
+    files = getattr(getattr(fs, "_transaction", None), "files", None)
+    with suppress(AttributeError, ValueError):  # not an fsspec queue, or the file is not (or no longer) on it
+        files.remove(handle)  # type: ignore[union-attr]
 
 
 def _open_transactional(path: ObjectStoragePath) -> Any:

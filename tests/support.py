@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -119,3 +120,20 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
             return result
         time.sleep(interval)  # the poll interval of a deadline-bounded loop
     raise TimeoutError(f"{what}: not done within {timeout:.0f} s (last error: {last_error!r})")
+
+
+def peak_overlap(spans: list[tuple[Any, Any]]) -> int:
+    """Most intervals open at one moment (ISO timestamps or epoch seconds; an end sorts before a start)."""
+    events = sorted([(_epoch(start), 1) for start, _ in spans] + [(_epoch(end), -1) for _, end in spans])
+    peak = running = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+

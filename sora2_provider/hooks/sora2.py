@@ -244,7 +244,11 @@ class Sora2Hook(AsyncMixin, HistoryMixin, BaseHook):
 
     def _retrying(self) -> tenacity.Retrying:
         initial = self.retry_backoff
-        backoff = tenacity.wait_exponential_jitter(multiplier=initial, max=self.retry_backoff_max, jitter=initial)
+        # Not wait_exponential_jitter: its ``multiplier`` needs tenacity >= 9.2, and the Google provider's
+        # google-genai caps tenacity below 9.2 (the ``gcs`` extra); these two work on every tenacity 8-9.
+        backoff = tenacity.wait_exponential(multiplier=initial, max=self.retry_backoff_max) + tenacity.wait_random(
+            0, initial
+        )
 
         def wait(state: tenacity.RetryCallState) -> float:
             err = state.outcome.exception() if state.outcome else None

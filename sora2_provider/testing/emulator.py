@@ -77,6 +77,12 @@ class _Call:
         truncate = self.fault("truncate")
         return truncate.after_bytes if truncate else None
 
+    @property
+    def stall(self) -> tuple[int, float] | None:
+        """``(after_bytes, delay)`` of a ``slow`` fault that pauses a body mid-stream, when one applies."""
+        slow = next((f for f in self.faults if f.kind == "slow" and f.after_bytes is not None), None)
+        return (slow.after_bytes or 0, slow.delay or 0.0) if slow else None
+
 
 class Sora2Emulator:
     """Segmind's Sora 2 API on a local port, served by uvicorn in a background thread."""
@@ -197,7 +203,8 @@ class Sora2Emulator:
 
         Endpoints: submit_v2, submit_v1, status, result, download, credits, upload, asset, history,
         history_item. Kinds: ``status`` (answer ``status``, with ``message`` as the error if given),
-        ``reset`` (close the connection unanswered), ``slow`` (wait ``delay`` s first), ``truncate``
+        ``reset`` (close the connection unanswered), ``slow`` (wait ``delay`` s first; on download/submit_v1
+        with ``after_bytes``, send that many body bytes, then pause ``delay`` s mid-stream), ``truncate``
         (download/submit_v1: full Content-Length, closed after ``after_bytes``), ``fail_job`` (the job
         ends FAILED with ``message``), ``submit_502_after_create`` / ``submit_drop_after_create`` (submit_v2:
         the job is created, runs and is charged, but the answer is a 502 / a dropped connection).
@@ -275,7 +282,7 @@ class _Api:
 
     async def begin(self, request: Request, endpoint: str, keyed: bool = True) -> _Call:
         faults = self.state.take_faults(endpoint)
-        delay = sum(f.delay or 0.0 for f in faults if f.kind == "slow")
+        delay = sum(f.delay or 0.0 for f in faults if f.kind == "slow" and f.after_bytes is None)
         if delay:
             await asyncio.sleep(delay)
         for fault in faults:
@@ -336,7 +343,7 @@ class _Api:
             "x-request-id": job.request_id,
             "x-generation-time": f"{job.finished_at - job.created_at:.3f}",
         }
-        return await self.mp4_response(request, job, headers, call.truncate_after)
+        return await self.mp4_response(request, job, headers, call.truncate_after, stall=call.stall)
 
     async def status(self, request: Request) -> Response:
         call = await self.begin(request, "status")
@@ -370,7 +377,7 @@ class _Api:
     async def download(self, request: Request) -> Response:
         call = await self.begin(request, "download", keyed=False)
         job = self.state.output_job(request.path_params["request_id"])
-        return await self.mp4_response(request, job, {}, call.truncate_after, ranged=True)
+        return await self.mp4_response(request, job, {}, call.truncate_after, ranged=True, stall=call.stall)
 
     async def output_file(self, job: Job) -> tuple[Path, int]:
         """The job's cached MP4 (encoded off the event loop when new) and the size it is served at."""
@@ -378,7 +385,13 @@ class _Api:
         return path, padded_size(path.stat().st_size, self.emulator.pad_output_to)
 
     async def mp4_response(
-        self, request: Request, job: Job, headers: dict[str, str], after_bytes: int | None, ranged: bool = False
+        self,
+        request: Request,
+        job: Job,
+        headers: dict[str, str],
+        after_bytes: int | None,
+        ranged: bool = False,
+        stall: tuple[int, float] | None = None,
     ) -> Response:
         """The (padded) MP4, whole or one ``Range``, streamed chunk by chunk."""
         path, total = await self.output_file(job)
@@ -390,13 +403,27 @@ class _Api:
         headers.update({"content-length": str(stop - start), "accept-ranges": "bytes"})
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers, media_type="video/mp4")
-        body = self.stream(request, pad_mp4(path, total, start, stop), after_bytes)
+        body = self.stream(request, pad_mp4(path, total, start, stop), after_bytes, stall)
         return StreamingResponse(body, status_code=status, headers=headers, media_type="video/mp4")
 
-    async def stream(self, request: Request, chunks: Iterator[bytes], after_bytes: int | None) -> AsyncIterator[bytes]:
-        """Yield the chunks; with ``after_bytes``, close the connection once that many bytes are out."""
+    async def stream(
+        self,
+        request: Request,
+        chunks: Iterator[bytes],
+        after_bytes: int | None,
+        stall: tuple[int, float] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Yield the chunks; with ``after_bytes``, close the connection once that many bytes are out; with
+        ``stall`` (``(at, delay)``), pause ``delay`` seconds once ``at`` bytes are out."""
         sent = 0
         async for chunk in iterate_in_threadpool(chunks):
+            if stall is not None and sent + len(chunk) >= stall[0]:
+                head, chunk = chunk[: stall[0] - sent], chunk[stall[0] - sent :]
+                if head:
+                    yield head
+                sent += len(head)
+                await asyncio.sleep(stall[1])
+                stall = None
             if after_bytes is not None and sent + len(chunk) >= after_bytes:
                 yield chunk[: after_bytes - sent]
                 await self.emulator.drop_connection(request.scope)

@@ -16,7 +16,6 @@ condition with a deadline.
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -217,19 +216,3 @@ def assert_no_multipart_upload_left(s3: Any) -> None:
 
 def keys_under(s3: Any, prefix: str) -> list[str]:
     return sorted(obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
-
-
-def peak_overlap(spans: list[tuple[Any, Any]]) -> int:
-    """Most intervals open at one moment (ISO timestamps or epoch seconds; an end sorts before a start)."""
-    events = sorted([(_instant(start), 1) for start, _ in spans] + [(_instant(end), -1) for _, end in spans])
-    peak = running = 0
-    for _, change in events:
-        running += change
-        peak = max(peak, running)
-    return peak
-
-
-def _instant(value: Any) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

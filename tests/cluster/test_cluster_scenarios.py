@@ -38,10 +38,9 @@ from tests.cluster.support import (
     assert_stored_video,
     jobs_for,
     keys_under,
-    peak_overlap,
     status_polls,
 )
-from tests.support import wait_for
+from tests.support import peak_overlap, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 

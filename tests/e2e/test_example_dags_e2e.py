@@ -33,7 +33,7 @@ import pytest
 import requests
 
 from tests.e2e.support import POLL_INTERVAL, S3_BUCKET, AirflowCluster
-from tests.support import TEST_API_KEY, probe_mp4, wait_for
+from tests.support import TEST_API_KEY, peak_overlap, probe_mp4, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -123,16 +123,6 @@ def assert_deferred(cluster: AirflowCluster, dag_id: str, run_id: str, request_i
     # thread messaged the supervisor ("Response read out of order") took the whole triggerer down.
     cluster.assert_running("triggerer")
     assert "Response read out of order" not in (cluster.log_dir / "triggerer.log").read_text(errors="replace")
-
-
-def peak_overlap(spans: list[tuple[str, str]]) -> int:
-    """Most intervals open at one moment (ISO timestamps; an end sorts before a start at the same time)."""
-    events = sorted([(_instant(start), 1) for start, _ in spans] + [(_instant(end), -1) for _, end in spans])
-    peak = running = 0
-    for _, change in events:
-        running += change
-        peak = max(peak, running)
-    return peak
 
 
 def _instant(iso: str) -> datetime:

@@ -26,3 +26,39 @@ from sora2_provider.links import browser_url
 )
 def test_browser_url(uri, url):
     assert browser_url(uri) == url
+
+
+AZURE_BLOB_PAGE = (
+    "https://portal.azure.com/#view/Microsoft_Azure_Storage/BlobPropertiesBladeV2/storageAccountId/"
+    "%2Fsubscriptions%2F0000-sub%2FresourceGroups%2Fmedia-rg%2Fproviders%2FMicrosoft.Storage%2FstorageAccounts%2Fmediaacct"
+    "/path/videos%2F2026-01-01%2Fa%20b.mp4/isDeleted~/false/tabToload~/0"
+)
+
+
+@pytest.mark.parametrize(
+    "account_fields",
+    [
+        {"extra": {"account_name": "mediaacct"}},
+        {"extra": {"connection_string": "DefaultEndpointsProtocol=https;AccountName=mediaacct;AccountKey=a2V5"}},
+        {"login": "mediaacct"},
+        {"host": "https://mediaacct.blob.core.windows.net"},
+    ],
+    ids=["account_name", "connection_string", "login", "host"],
+)
+@pytest.mark.parametrize("scheme", ["abfs", "abfss"])
+def test_azure_blob_opens_its_portal_page(monkeypatch, account_fields, scheme):
+    import json
+
+    conn = {"conn_type": "wasb", **account_fields}
+    conn["extra"] = {**conn.get("extra", {}), "subscription_id": "0000-sub", "resource_group": "media-rg"}
+    monkeypatch.setenv("AIRFLOW_CONN_MEDIA_BLOBS", json.dumps(conn))
+    assert browser_url(f"{scheme}://media_blobs@videos/2026-01-01/a b.mp4") == AZURE_BLOB_PAGE
+
+
+def test_azure_blob_without_the_account_resource_id_has_no_link(monkeypatch):
+    import json
+
+    monkeypatch.setenv("AIRFLOW_CONN_MEDIA_BLOBS", json.dumps({"conn_type": "wasb", "login": "mediaacct"}))
+    assert browser_url("abfs://media_blobs@videos/v.mp4") == ""  # no subscription_id / resource_group
+    assert browser_url("abfs://no_such_connection@videos/v.mp4") == ""
+    assert browser_url("abfs://videos/v.mp4") == ""  # no connection at all
