@@ -118,7 +118,7 @@ def bench_main(bench_id: str, title: str, run: Callable[[Result, argparse.Namesp
     if add_args:
         add_args(parser)
     args = parser.parse_args()
-    result = Result(bench_id.split("_")[0].upper(), title, args.quick)
+    result = Result(title.split(" ")[0], title, args.quick)  # "P5b ..." -> "P5b"
     started = time.monotonic()
     try:
         run(result, args)

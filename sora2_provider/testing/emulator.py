@@ -35,7 +35,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sora2_provider.testing.backend import (
@@ -563,7 +563,7 @@ class _RequestLog:
             await self.app(scope, receive, send)
             return
         entry = scope[_LOG_ENTRY] = {
-            "endpoint": None,
+            "endpoint": _endpoint_name(self.app, scope),
             "method": scope["method"],
             "path": scope["path"],
             "status": None,
@@ -589,8 +589,18 @@ def _record(state: EmulatorState, scope: Scope) -> None:
         return
     scope[_LOGGED] = True
     entry = scope[_LOG_ENTRY]
-    entry["endpoint"] = getattr(scope.get("route"), "name", None)
+    entry["endpoint"] = entry["endpoint"] or getattr(scope.get("route"), "name", None)
     state.log_request(entry)
+
+
+def _endpoint_name(app: Any, scope: Scope) -> str | None:
+    """The name of the route a request matches (Starlette before 0.49, which Airflow 3.1 pins, sets no
+    ``scope["route"]``)."""
+    for route in getattr(app, "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route.name
+    return None
 
 
 async def _refusal_response(request: Request, refusal: Refusal) -> Response:

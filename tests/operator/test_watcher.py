@@ -133,7 +133,7 @@ def test_fifty_calls_held_by_the_rate_limit_wait_in_the_loop_without_holding_thr
 
     assert waiting_when_probed == 50, "the thread work ran while all 50 calls were waiting for the reset"
     assert len(statuses) == 50 and {s.request_id for s in statuses} == {request_id}
-    assert longest_gap < 0.25
+    assert longest_gap < 1.0, "the loop kept ticking through the 5 s rate-limit wait"
     refused = [e for e in emulator.request_log if e["status"] == 429]
     assert 1 <= len(refused) <= 6, f"only calls already in flight may be refused, not {len(refused)}"
     assert hook.budget.allowance == 50
