@@ -21,7 +21,7 @@ def exported(prefix: str) -> dict[str, str]:
     """``NAME=value`` pairs of the README's ``export`` lines whose names start with ``prefix``."""
     pairs = {}
     for line in bash_commands():
-        if line.startswith("export "):
+        if line.startswith("export ") and prefix in line:  # other exports may span lines
             for word in shlex.split(line.removeprefix("export ")):
                 name, _, value = word.partition("=")
                 if name.startswith(prefix):
