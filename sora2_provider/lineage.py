@@ -61,9 +61,8 @@ def dataset_name(location: Any) -> tuple[str, str]:
     protocol = path.protocol if isinstance(path.protocol, str) else path.protocol[0]
     if protocol in ("file", "local"):
         return f"file://{socket.gethostname()}", "/" + path.path.lstrip("/")
-    bucket = getattr(path, "bucket", "") or ""
-    key = getattr(path, "key", "") or path.path
-    return (f"{protocol}://{bucket}" if bucket else protocol), key.lstrip("/")
+    bucket, _, key = path.path.lstrip("/").partition("/")  # not ``.bucket``: Airflow 3.1's keeps the conn id in it
+    return (f"{protocol}://{bucket}" if bucket else protocol), key
 
 
 def operator_lineage(operator: Sora2GenerateVideoOperator, task_instance: Any, *, failed: bool = False) -> Any:

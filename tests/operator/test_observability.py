@@ -20,10 +20,11 @@ import pytest
 
 from tests.support import TEST_API_KEY, connection_json
 
+REPO = Path(__file__).resolve().parents[2]
 RUNNER = """
 import sys
-from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder=sys.argv[1])
+from tests.support import dag_bag
+bag = dag_bag(sys.argv[1])
 assert not bag.import_errors, bag.import_errors
 run = bag.get_dag(sys.argv[2]).test()
 print("DAGRUN_STATE", run.state)
@@ -56,6 +57,7 @@ def run_dag(dag_runner: Any, dag_id: str, source: str, env: dict[str, str]) -> s
         done = subprocess.run(
             [sys.executable, "-c", RUNNER, str(path), dag_id],
             env={**os.environ, **env},
+            cwd=REPO,  # the runner imports tests.support
             capture_output=True,
             text=True,
             timeout=300,
@@ -253,6 +255,7 @@ def test_failures_are_counted_by_reason(dag_runner, emulator, tmp_path, statsd):
         done = subprocess.run(
             [sys.executable, "-c", RUNNER, str(path), "metrics_refused"],
             env={**os.environ, **env},
+            cwd=REPO,  # the runner imports tests.support
             capture_output=True,
             text=True,
             timeout=300,

@@ -260,8 +260,8 @@ def test_timeout_skips_with_soft_fail_and_fails_without(mode, sora2_conn, dag_ru
 
 def test_deferral_carries_the_timeout_and_a_trigger_timeout_honours_soft_fail(sora2_conn):
     """What the real triggerer path relies on: ``defer(timeout=...)``, and ``__fail__``/timeout -> skipped."""
+    from airflow.providers.common.compat.sdk import AirflowSkipException, TaskDeferred
     from airflow.sdk.bases.operator import TriggerFailureReason
-    from airflow.sdk.exceptions import AirflowSkipException, TaskDeferred
 
     sora2_conn.set_balance(TEST_API_KEY, 1.0)
     sensor = CreditsSensor(
