@@ -82,14 +82,11 @@ class CallBudget:
                 self._sent = self._passed = 0
             self._probe_out = False
 
-    def wait(self, stop: threading.Event | None = None) -> None:
-        """Block this thread until a turn is free (worker-side calls). ``stop`` ends the wait early."""
+    def wait(self) -> None:
+        """Block this thread until a turn is free (worker-side calls)."""
         while (delay := self.reserve()) > 0:
             self._note_wait(delay)
-            if stop is None:
-                time.sleep(delay)
-            elif stop.wait(delay):
-                return
+            time.sleep(delay)
 
     async def await_turn(self) -> None:
         """Wait for a turn in the event loop, holding no thread."""
