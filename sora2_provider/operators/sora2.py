@@ -18,6 +18,7 @@ from sora2_provider.operators._job import (
     call_hook,
     connection_state_root,
     fail,
+    failure_noted,
     holds_noted_video,
     job_state_store,
     lineage,
@@ -80,7 +81,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     Returns (XCom) a dict of plain JSON: ``uri``, ``request_id``, ``model``, ``duration``, ``size``,
     ``prompt``, ``bytes``, ``sha256``, ``content_type``, ``cost``, ``remaining_credits``,
-    ``source_url``, ``generation_seconds``, ``decision`` and ``resumed_from``.
+    ``source_url``, ``generation_seconds``, ``decision`` and ``resumed_from``. A failed try leaves why, in one
+    line, in the XCom ``sora2_error`` (shown by the Video tab).
     """
 
     template_fields: Sequence[str] = ("prompt", "output_path", "model", "duration", "size", "input_reference")
@@ -144,6 +146,15 @@ class Sora2GenerateVideoOperator(BaseOperator):
     # ------------------------------------------------------------------ entry points
 
     def execute(self, context: Context) -> dict[str, Any]:
+        with failure_noted(context):
+            return self._generate(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume on the worker after the trigger fired: download and store the finished video."""
+        with failure_noted(context):
+            return self._collect(context, event)
+
+    def _generate(self, context: Context) -> dict[str, Any]:
         job = self._prepare(context)
         warn_if_local_file_on_remote_workers(self, job.output)
         if job.existing is not None:
@@ -156,8 +167,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
             return self._generate_sync(context, hook, job, record)
         return self._wait_and_store(context, hook, job, record)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume on the worker after the trigger fired: download and store the finished video."""
+    def _collect(self, context: Context, event: dict[str, Any] | None) -> dict[str, Any]:
         job = self._prepare(context, check_existing=False)
         hook = job.hook()
         record = job.store.read()

@@ -99,15 +99,18 @@ class Sora2Emulator:
         rate_limit_window: float = 60.0,
         record_ttl_seconds: float = 3600.0,
         pad_output_to: int | None = None,
+        noise_video: bool = False,
         retired_models: tuple[str, ...] = (),
         forbidden_models: tuple[str, ...] = (),
     ) -> None:
         """``api_keys`` maps each accepted key to its credits (default ``{"SG_emulator": 100.0}``).
 
         ``pad_output_to`` serves every MP4 padded to that many bytes (a trailing ``free`` box), when it
-        is at least 8 bytes more than the real file. ``retired_models`` answer 410, ``forbidden_models`` 403.
+        is at least 8 bytes more than the real file. ``noise_video`` serves MP4s of random pixels, of a real video's
+        weight (megabytes, not kilobytes). ``retired_models`` answer 410, ``forbidden_models`` 403.
         """
         self.host, self.port, self.pad_output_to = host, port, pad_output_to
+        self.noise_video = noise_video
         self._state = EmulatorState(time_scale, record_ttl_seconds, rate_limit_rpm, rate_limit_window)
         for key, credits in (api_keys if api_keys is not None else {DEFAULT_API_KEY: DEFAULT_BALANCE}).items():
             self._state.set_balance(key, credits, free_credits)
@@ -381,7 +384,10 @@ class _Api:
 
     async def output_file(self, job: Job) -> tuple[Path, int]:
         """The job's cached MP4 (encoded off the event loop when new) and the size it is served at."""
-        path = await asyncio.to_thread(mp4_file, *_dimensions(job.request.size), job.request.duration)
+        width, height = _dimensions(job.request.size)
+        path = await asyncio.to_thread(
+            mp4_file, width, height, job.request.duration, noise=self.emulator.noise_video
+        )
         return path, padded_size(path.stat().st_size, self.emulator.pad_output_to)
 
     async def mp4_response(
