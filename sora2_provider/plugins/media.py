@@ -77,7 +77,7 @@ def open_stored(uri: str) -> StoredVideo:
     try:
         size = int(path.fs.size(path.path))
     except FileNotFoundError:
-        raise BadIdentity(404, f"the video is no longer at {uri}") from None
+        raise BadIdentity(404, f"the api-server finds no video at {uri}") from None
     return StoredVideo(path.fs, path.path, size)
 
 

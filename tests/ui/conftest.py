@@ -7,6 +7,10 @@ No scheduler is needed: the generation run that gives the task instance page its
 writing the MP4 to a ``file://`` path; the connection tests need only the api-server, which runs
 ``Sora2Hook.test_connection``.
 
+The plugin's tests (``plugin_airflow``) get an api-server of their own with the FAB auth manager (per-DAG roles: the
+``ui`` extra), its users and roles made before it starts, and four generations run by ``dag.test()`` in one
+background process (tests/ui/generations.py), whose emulator serves MP4s of a real video's weight.
+
 Chromium: Debian's ``/usr/bin/chromium`` (``make test-ui`` installs it with apt), never a browser downloaded by
 Playwright. The api-server and the run are started and stopped by PID through ``tests.airflow_cluster`` (shared with
 tests/e2e and tests/cluster), which checks at teardown that nothing they started is left.
