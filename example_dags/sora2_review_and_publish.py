@@ -47,7 +47,7 @@ PUBLISHED = f"{OUTPUT_ROOT}/published/{RUN_DATE}/{RUN_KEY}.mp4"
 # Markdown, rendered when the review task starts: the generation's XCom is there by then.
 REVIEW_BODY = (
     """\
-{% set video = ti.xcom_pull(task_ids='generate_video') %}
+{% set video = ti.xcom_pull(task_ids='generate_video') -%}
 **Prompt**
 
 > {{ video.prompt | replace('\\n', '\\n> ') }}
