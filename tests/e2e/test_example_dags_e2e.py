@@ -1,7 +1,8 @@
 """The example DAGs on a real Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor, SQLite).
 
 Runs are triggered through the REST API and awaited with deadlines. The three one-video DAGs run at once, then
-the batch runs alone, so the emulator's view of concurrent jobs belongs to the batch only.
+the batch runs alone, so the emulator's view of concurrent jobs belongs to the batch only; then two runs of the
+review DAG, whose review requests are answered through the REST API (one approved, one rejected).
 
 Signals used:
 - deferral: the generate task's worker log says ``Pausing task as DEFERRED.`` and *then* stores the video (the
