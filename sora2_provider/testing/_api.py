@@ -278,8 +278,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise Refusal(406, "Content-Type must be application/json")
+    return await json_object(request, empty=b"null")
+
+
+async def json_object(request: Request, empty: bytes = b"{}") -> dict[str, Any]:
+    """The request body as a JSON object (``empty`` stands for a missing body); 400 when it is not one."""
     try:
-        body = json.loads(await request.body() or b"null")
+        body = json.loads(await request.body() or empty)
     except ValueError:
         raise Refusal(400, "The request body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 import threading
@@ -31,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sora2_provider.testing._api import Api, Dropped, dropped, refusal_response, required, routing_error
+from sora2_provider.testing._api import Api, Dropped, dropped, json_object, refusal_response, required, routing_error
 from sora2_provider.testing.backend import EmulatorState, Refusal
 
 DEFAULT_API_KEY = "SG_emulator"
@@ -236,13 +235,13 @@ class _Controls:
         self.emulator = emulator
 
     async def balance(self, request: Request) -> Response:
-        body = await _control_body(request)
+        body = await json_object(request)
         api_key = required(body, "api_key")
         self.emulator.set_balance(api_key, body.get("credits"), body.get("free_credits"))
         return JSONResponse(self.emulator.get_balance(api_key))
 
     async def faults(self, request: Request) -> Response:
-        body = await _control_body(request)
+        body = await json_object(request)
         endpoint, kind = required(body, "endpoint"), required(body, "kind")
         options = {k: body[k] for k in ("on_call", "times", "status", "message", "delay", "after_bytes") if k in body}
         try:
@@ -256,7 +255,7 @@ class _Controls:
         return JSONResponse({"ok": True})
 
     async def models(self, request: Request) -> Response:
-        body = await _control_body(request)
+        body = await json_object(request)
         try:
             self.emulator.set_model_state(required(body, "model"), required(body, "state"))
         except ValueError as err:
@@ -365,16 +364,6 @@ def _endpoint_name(app: Any, scope: Scope) -> str | None:
         if match == Match.FULL:
             return route.name
     return None
-
-
-async def _control_body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise Refusal(400, "The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise Refusal(400, "The request body must be a JSON object")
-    return body
 
 
 def _url_host(host: str) -> str:
