@@ -51,7 +51,7 @@ from sora2_provider.hooks._http import (
     open_destination,
     usable_url,
 )
-from sora2_provider.hooks._limiter import AWAITED_TURN, CallBudget, budget_for
+from sora2_provider.hooks._limiter import AWAITED_TURN, BudgetClosed, CallBudget, budget_for
 from sora2_provider.hooks._wire import (
     CHUNK_SIZE,
     IncompleteDownloadError,
@@ -319,6 +319,8 @@ class Sora2Hook(AsyncMixin, HistoryMixin, BaseHook):
         if awaited is None:
             self.budget.wait()
         elif awaited[0]:
+            if self.budget.is_closed():  # a 429 came back since the coroutine's turn: it waits again
+                raise BudgetClosed()
             awaited[0] = False
         else:
             self.budget.count()

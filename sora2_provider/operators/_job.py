@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,29 +25,19 @@ if TYPE_CHECKING:
     from sora2_provider.state import JobStateStore
 
 
+@dataclass(kw_only=True, eq=False)
 class Job:
     """Everything one try knows about its job before talking to Segmind."""
 
-    def __init__(
-        self,
-        *,
-        operator: Sora2GenerateVideoOperator,
-        request: VideoRequest,
-        output: ObjectStoragePath,
-        uri: str,
-        store: JobStateStore,
-        identity: str,
-        fingerprint: str,
-    ) -> None:
-        self.operator = operator
-        self.request = request
-        self.output = output
-        self.uri = uri
-        self.store = store
-        self.identity = identity
-        self.fingerprint = fingerprint
-        self.existing: dict[str, Any] | None = None
-        self.sent_request: VideoRequest | None = None
+    operator: Sora2GenerateVideoOperator
+    request: VideoRequest
+    output: ObjectStoragePath
+    uri: str
+    store: JobStateStore
+    identity: str
+    fingerprint: str
+    existing: dict[str, Any] | None = None
+    sent_request: VideoRequest | None = None
 
     @staticmethod
     def check_connection_id(conn_id: Any) -> None:

@@ -16,9 +16,11 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowPlugin
 
+# The Video tab's address in the UI, ``/dags/{dag}/runs/{run}/tasks/{task}[/mapped/{index}]/plugin/sora2-video``, is
+# also made by links.video_tab_url (review requests link to it): one route name for both.
+from sora2_provider.links import VIDEO_TAB_ROUTE
+
 URL_PREFIX = "/sora2"
-#: The Video tab's address in the UI: ``/dags/{dag}/runs/{run}/tasks/{task}[/mapped/{index}]/plugin/sora2-video``.
-VIDEO_TAB_ROUTE = "sora2-video"
 PAGE_ROUTE = "sora2"
 #: Relative to the UI's ``<base href>``, so a deployment under a sub-path works. The UI fills the placeholders of a
 #: ``task_instance`` view; ``{MAP_INDEX}`` stays as is for an unmapped task (the app reads it as -1).

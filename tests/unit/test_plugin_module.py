@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from sora2_provider.links import video_tab_url
 from sora2_provider.plugins.media import RangeNotSatisfiable, byte_range, same_location, verified_uri
 from sora2_provider.plugins.records import BadIdentity, Generation, Identity
 from sora2_provider.plugins.sora2 import VIDEO_TAB_HREF, Sora2Plugin
@@ -28,6 +29,8 @@ def test_the_plugin_declares_the_video_tab_the_page_and_the_app():
     for placeholder in ("{DAG_ID}", "{RUN_ID}", "{TASK_ID}", "{MAP_INDEX}"):
         assert placeholder in VIDEO_TAB_HREF
     assert [app["url_prefix"] for app in Sora2Plugin.fastapi_apps] == ["/sora2"]
+    # The address review requests link to (links.video_tab_url) is where the UI shows this view.
+    assert video_tab_url("d", "r", "t", base_url="").endswith(f"/plugin/{views['sora2-video']['url_route']}")
 
 
 def test_the_provider_metadata_and_the_entry_point_name_the_same_class():
@@ -44,14 +47,15 @@ def test_the_provider_metadata_and_the_entry_point_name_the_same_class():
 def test_importing_the_plugin_module_loads_no_web_app():
     """Every process that loads plugins imports the module: it must not pull in FastAPI or the routes."""
     code = (
-        "import json, sys; import airflow.sdk; before = set(sys.modules); import sora2_provider.plugins.sora2; "
+        "import json, sys; import airflow.sdk, sora2_provider; before = set(sys.modules); "
+        "import sora2_provider.plugins.sora2; "
         "print(json.dumps(sorted(set(sys.modules) - before)))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     added = json.loads(out.strip().splitlines()[-1])
     assert [m for m in added if m.split(".")[0] in ("fastapi", "starlette")] == []
     ours = [m for m in added if m.startswith("sora2_provider.")]
-    assert ours == ["sora2_provider.plugins", "sora2_provider.plugins.sora2"]
+    assert ours == ["sora2_provider.links", "sora2_provider.plugins", "sora2_provider.plugins.sora2"]
 
 
 def test_the_app_builds_with_its_routes():
