@@ -8,6 +8,7 @@ reaches the browser.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from sora2_provider.plugins.records import Generation
 
 CHUNK = 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 class RangeNotSatisfiable(Exception):
@@ -78,6 +80,9 @@ def open_stored(uri: str) -> StoredVideo:
         size = int(path.fs.size(path.path))
     except FileNotFoundError:
         raise BadIdentity(404, f"the api-server finds no video at {uri}") from None
+    except Exception as err:  # a refused credential, a missing connection, an unreachable store
+        log.warning("Reading %s for the Video tab failed: %s", uri, type(err).__name__)
+        raise BadIdentity(502, f"the store of {uri} did not answer the api-server ({type(err).__name__})") from None
     return StoredVideo(path.fs, path.path, size)
 
 

@@ -27,7 +27,8 @@ UNMAPPED = -1
 
 
 class BadIdentity(Exception):
-    """A task-instance identity that names nothing usable: ``status`` 404 (no such thing) or 400 (not a video)."""
+    """A task-instance identity that names nothing usable: ``status`` 404 (no such thing), 400 (not a video, or a
+    uri that is not the task's output) or 502 (its store did not answer)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

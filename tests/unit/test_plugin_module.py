@@ -146,3 +146,22 @@ def test_the_status_line_says_why_there_is_no_video():
     assert "a retry is scheduled" in (generation("up_for_retry", error="x").status_line(NOW) or "")
     assert generation("queued").status_line(NOW) == "not started yet (state: queued)"
     assert generation("upstream_failed").status_line(NOW) == "no video: the task was upstream failed"
+
+
+def test_a_store_that_fails_answers_502_naming_only_the_error_type(monkeypatch, tmp_path):
+    from fsspec.implementations.local import LocalFileSystem
+
+    from sora2_provider.plugins.media import open_stored
+
+    with pytest.raises(BadIdentity) as missing:
+        open_stored(f"file://{tmp_path}/nothing.mp4")
+    assert missing.value.status == 404
+
+    def refuse(self, path):
+        raise PermissionError("secret-bearing text from the store")
+
+    monkeypatch.setattr(LocalFileSystem, "size", refuse)
+    with pytest.raises(BadIdentity) as refused:
+        open_stored(f"file://{tmp_path}/video.mp4")
+    assert refused.value.status == 502 and "PermissionError" in refused.value.message
+    assert "secret-bearing" not in refused.value.message
