@@ -12,7 +12,7 @@ For each ``constraints/airflow-3.X.txt`` (or the lines named on the command line
             still run under its PID afterwards. One line at a time: the cluster's deadlines want the CPU.
 4. release: the wheel in dist/ (``make dist``) installed, not editable, with the emulator extra into a clean venv
             ``.matrix/release-3.X/`` with the same constraints file; it must import from that venv, show in
-            ``airflow providers list`` and serve HTTP as ``sora2-emulator``.
+            ``airflow providers list`` and ``airflow plugins`` (the UI plugin) and serve HTTP as ``sora2-emulator``.
 
 pytest output goes to ``.matrix/logs/``; its tail (all of it up to the summary, on failure) is printed. Every line
 and phase runs even after a failure; the summary at the end gives each step's result and wall time, and the exit
@@ -180,9 +180,22 @@ def release_check(line: str) -> None:
         if providers.get("airflow-provider-sora2") != version:
             raise StepFailed(f"airflow providers list shows no airflow-provider-sora2 {version}: {providers}")
         print(f"airflow providers list: airflow-provider-sora2 {version}")
+        check_plugin_listed(venv, work, env)
 
         run([venv / "bin" / "sora2-emulator", "--help"], cwd=work, env=env)
         check_emulator_serves(venv, work, env)
+
+
+def check_plugin_listed(venv: Path, cwd: Path, env: dict[str, str]) -> None:
+    """``airflow plugins`` lists the provider's UI plugin with its two views and its app, from the wheel alone."""
+    out = run([venv / "bin" / "airflow", "plugins", "-o", "json"], cwd=cwd, env=env, timeout=300)
+    plugins = {p["name"]: p for p in last_json_document(out)}
+    plugin = plugins.get("sora2")
+    views = sorted(view.get("url_route") for view in (plugin or {}).get("external_views", []))
+    apps = [app.get("url_prefix") for app in (plugin or {}).get("fastapi_apps", [])]
+    if views != ["sora2", "sora2-video"] or apps != ["/sora2"]:
+        raise StepFailed(f"airflow plugins shows no sora2 plugin with its views and app: {sorted(plugins)}")
+    print("airflow plugins: sora2 (views sora2, sora2-video; app /sora2)")
 
 
 def check_emulator_serves(venv: Path, cwd: Path, env: dict[str, str]) -> None:
