@@ -365,7 +365,13 @@ class Sora2GenerateVideoOperator(BaseOperator):
             self.log.info("Deferring while job %s renders (the worker slot is free).", record.request_id)
             self.defer(
                 trigger=Sora2JobTrigger(
-                    record.request_id, self.sora2_conn_id, self.poll_interval, submitted_at=record.submitted_at
+                    record.request_id,
+                    self.sora2_conn_id,
+                    self.poll_interval,
+                    submitted_at=record.submitted_at,
+                    model=job.request.model,
+                    duration=job.request.duration,
+                    size=job.request.size,
                 ),
                 method_name="execute_complete",
                 timeout=remaining,
