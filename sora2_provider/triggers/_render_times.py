@@ -9,9 +9,10 @@ so that a job costs about one read, not one read per poll interval. "Can be done
   The job is first read at that age; a slower one is read again every poll interval (a quartile reads a typical
   job a little early, which costs a read or two, rather than late, which would cost latency).
 * **prior**, while nothing of that kind completed here: Segmind's typical render time of the model
-  (``models.MODELS``: 180 s sora-2, 400 s sora-2-pro) and its halves down to the poll interval. A job is read at
-  those ages (for sora-2 at 10 s: 11, 22, 45, 90 and 180 s), then every interval: a prior that is too high costs
-  at most about half the render time once, a prior that is too low a few reads once.
+  (``models.MODELS``: 180 s sora-2, 400 s sora-2-pro). A job is read one interval after its submit, at the
+  prior's halves down to two intervals and at the prior (for sora-2 at 10 s: 10, 22.5, 45, 90 and 180 s), then
+  every interval: a prior that is too high costs at most about half the render time once, a prior that is too
+  low a few reads once.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class RenderTimes:
         which the last history read covered it (None: never).
 
         ``kind`` None (unknown): every interval, as a job with no expectation. Learned: at the learned age, then
-        every interval. Otherwise the prior's halves down to the interval, the prior, then every interval. A read
+        every interval. Otherwise the prior ages (:func:`prior_ages`), then every interval. A read
         less than half an interval before one of those ages counts as the read at that age.
         """
         last = -math.inf if read_at_age is None else read_at_age
@@ -94,11 +95,11 @@ class RenderTimes:
 
 
 def prior_ages(prior: float, interval: float) -> list[float]:
-    """The prior and its halves down to (not below) the interval, smallest first: 11.25, 22.5, 45, 90, 180."""
+    """One interval, the prior's halves down to two intervals, and the prior: 10, 22.5, 45, 90, 180."""
     ages = [prior]
-    while ages[-1] / 2 >= interval:
+    while ages[-1] / 2 >= 2 * interval:
         ages.append(ages[-1] / 2)
-    return sorted(ages)
+    return sorted({min(interval, prior), *ages})
 
 
 #: One per process, shared by every watcher (a render time is Segmind's, not a connection's).

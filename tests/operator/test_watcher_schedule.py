@@ -114,9 +114,9 @@ def test_a_due_job_the_history_never_lists_completes_through_its_status(sora2_co
 
 
 def test_a_trigger_arriving_while_the_watcher_sleeps_is_planned_in(sora2_conn):
-    """The watcher sleeps until a sora-2-pro job of a kind never seen can be done (first probe at 400 s / 32 =
-    12.5 s with a 10 s interval); a sora-2 job of a learned kind that joins it is read when it can be done (about
-    1 s), not when the watcher planned to wake, and the pro job (2 s to render here) stays watched."""
+    """The watcher sleeps until a sora-2-pro job of a kind never seen can be done (first look one 10 s interval
+    after its submit); a sora-2 job of a learned kind that joins it is read when it can be done (about 1 s), not
+    when the watcher planned to wake, and the pro job (2 s to render here) stays watched."""
     RENDER_TIMES.learn(KIND, RENDER_S)
     pro = Sora2Hook().submit(VideoRequest.create("a glacier calving", model="sora-2-pro", duration=12)).request_id
     pro_trigger = Sora2JobTrigger(

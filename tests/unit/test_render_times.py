@@ -49,9 +49,10 @@ def test_only_the_last_renders_count_and_unusable_figures_are_ignored():
     assert list(times.samples) == [SORA2] and set(times.samples[SORA2]) == {90.0}
 
 
-def test_prior_ages_halve_the_prior_down_to_the_interval():
-    assert prior_ages(180.0, 10.0) == [11.25, 22.5, 45.0, 90.0, 180.0]
-    assert prior_ages(400.0, 10.0) == [12.5, 25.0, 50.0, 100.0, 200.0, 400.0]
+def test_prior_ages_are_one_interval_then_halves_of_the_prior_down_to_two_intervals():
+    assert prior_ages(180.0, 10.0) == [10.0, 22.5, 45.0, 90.0, 180.0]
+    assert prior_ages(400.0, 10.0) == [10.0, 25.0, 50.0, 100.0, 200.0, 400.0]
+    assert prior_ages(180.0, 60.0) == [60.0, 180.0]
     assert prior_ages(180.0, 500.0) == [180.0], "an interval longer than the prior: the prior alone"
 
 
@@ -61,7 +62,7 @@ def test_a_kind_never_seen_is_read_at_the_prior_ages_then_every_interval():
     while read_age is None or read_age < 200:
         read_age = times.next_read_age(SORA2, 10.0, read_age)
         ages.append(read_age)
-    assert ages == [11.25, 22.5, 45.0, 90.0, 180.0, 190.0, 200.0]
+    assert ages == [10.0, 22.5, 45.0, 90.0, 180.0, 190.0, 200.0]
 
 
 def test_a_learned_kind_is_read_at_its_time_then_every_interval():
