@@ -65,7 +65,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         uploaded to Segmind first (templated).
     :param mode: ``async`` (v2 submit and wait, default) or ``sync`` (one v1 call streaming the MP4).
     :param deferrable: wait in the triggerer, freeing the worker slot while the model renders.
-    :param poll_interval: seconds between status checks.
+    :param poll_interval: seconds between checks once the job can be done (see the trigger).
     :param max_cost: refuse (before paying) a job whose estimated cost in credits is above this.
     :param max_spend_per_day: lower (never raise) the connection's ``max_spend_per_day``: a new paid submit that
         would take the account's spend over the last 24 h above it is refused (see the README's spend cap).
