@@ -32,11 +32,17 @@ pytest: $(INSTALLED)
 test: lint typecheck pytest
 
 # Browser tests of the Airflow UI (tests/ui, marker `ui`): Playwright drives Debian's Chromium, installed here with
-# apt when missing (as root, or through sudo). Playwright's own browser download is never used.
+# apt when missing (as root, or through sudo). Playwright's own browser download is never used. The `ui` extra adds
+# the FAB auth manager (per-DAG roles for the plugin's access tests), pinned in $(CONSTRAINTS).
 CHROMIUM := /usr/bin/chromium
+UI_INSTALLED := $(VENV)/.installed-ui
 
-test-ui: $(INSTALLED) $(CHROMIUM)
+test-ui: $(UI_INSTALLED) $(CHROMIUM)
 	$(VENV)/bin/pytest -m ui $(PYTEST_ARGS)
+
+$(UI_INSTALLED): $(INSTALLED) pyproject.toml $(CONSTRAINTS)
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c $(CONSTRAINTS) -e '.[test,s3,openlineage,ui]'
+	@touch $@
 
 $(CHROMIUM):
 	@if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \

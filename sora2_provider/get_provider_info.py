@@ -27,6 +27,7 @@ def get_provider_info() -> dict:
                 "python-modules": ["sora2_provider.triggers.sora2", "sora2_provider.triggers.credits"],
             }
         ],
+        "plugins": [{"name": "sora2", "plugin-class": "sora2_provider.plugins.sora2.Sora2Plugin"}],
         "extra-links": ["sora2_provider.links.Sora2VideoLink", "sora2_provider.links.Sora2OutputLink"],
         "connection-types": [
             {

@@ -5,6 +5,9 @@ Airflow 3 calls ``get_link`` on the worker when the task ends and stores the ans
 object-storage URI becomes its cloud console page (Azure: when the connection names the account's
 subscription and resource group). A ``file://`` video has no browser URL: the link
 stays empty and the location is in the XCom dict (``uri``).
+
+:func:`video_tab_url` addresses the Video tab of a generation task in the Airflow UI, for messages sent to
+people (a review request's body, a notification).
 """
 
 from __future__ import annotations
@@ -92,6 +95,26 @@ def browser_url(uri: str | None) -> str:
     if console is None or not parts.hostname:
         return ""
     return console.format(bucket=parts.hostname, key=quote(parts.path.lstrip("/")))
+
+
+#: ``url_route`` of the Video tab: the plugin's external view on each generation task instance.
+VIDEO_TAB_ROUTE = "sora2-video"
+
+
+def video_tab_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1, base_url: str | None = None) -> str:
+    """The Airflow UI address of a task instance's Video tab.
+
+    ``base_url`` defaults to ``[api] base_url``; when neither is set, the address starts at ``/`` and opens from
+    the Airflow UI itself (a link in a review request does). A mapped task instance adds ``/mapped/<index>``.
+    """
+    if base_url is None:
+        from airflow.providers.common.compat.sdk import conf
+
+        base_url = conf.get("api", "base_url", fallback="") or ""
+    path = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
+    if map_index >= 0:
+        path += f"/mapped/{map_index}"
+    return f"{base_url.rstrip('/')}{path}/plugin/{VIDEO_TAB_ROUTE}"
 
 
 class Sora2VideoLink(BaseOperatorLink):

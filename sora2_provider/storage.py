@@ -135,6 +135,32 @@ def _local_atomic_writer(target: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def copy_atomically(
+    src: ObjectStoragePath, dst: ObjectStoragePath, expected_sha256: str | None = None
+) -> tuple[int, str]:
+    """Copy ``src`` to ``dst`` (any two stores) through :func:`atomic_writer`; return the size and sha256 copied.
+
+    ``dst``'s folder is created when missing. The bytes stream through in ``READ_CHUNK`` pieces (memory stays
+    bounded). A copy cut short (a read or write error, or ``expected_sha256`` not matching what was read, e.g. a
+    source replaced since it was checked) raises and leaves nothing at ``dst``: no partial object, no staged file.
+    An object already at ``dst`` is replaced only by a complete copy.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    with src.open("rb") as source, atomic_writer(dst) as target:
+        while chunk := source.read(READ_CHUNK):
+            digest.update(chunk)
+            target.write(chunk)
+            size += len(chunk)
+        if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+            raise ValueError(
+                f"{src} holds {size} bytes with sha256 {digest.hexdigest()}, not the expected {expected_sha256}: "
+                f"nothing was written to {dst}"
+            )
+    return size, digest.hexdigest()
+
+
 def inspect_video(path: ObjectStoragePath) -> tuple[int, str] | None:
     """Size and sha256 of a stored MP4, or None when there is no complete MP4 at ``path``."""
     try:

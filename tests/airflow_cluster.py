@@ -420,7 +420,7 @@ class AirflowCluster:
         headers = {"Authorization": f"Bearer {self._token}"}
         response = requests.request(method, f"{self.api_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
         response.raise_for_status()
-        return response.json()
+        return response.json() if response.content else None  # None: 204 (a DELETE)
 
     def healthy(self) -> bool:
         """Every component started here is alive and the ones that report health are healthy."""
@@ -555,6 +555,7 @@ def run_cluster(
     dag_files: dict[str, str] | None = None,
     home_files: dict[str, str] | None = None,
     credentials: tuple[str, str] | None = None,
+    before_start: Callable[[Any], None] | None = None,
     on_started: Callable[[Any], None] | None = None,
     ready_timeout: float = 240,
     cls: type[AirflowCluster] = AirflowCluster,
@@ -565,7 +566,9 @@ def run_cluster(
     ``workers`` names the worker hosts, each with ``worker_concurrency`` processes). ``settings`` adds environment
     variables for every component, ``dag_files`` (file name -> source) fills every DAGs folder and ``home_files``
     (path relative to the main home -> text) adds files such as ``config/airflow_local_settings.py``, before
-    anything starts. ``on_started`` runs once every process is started, before waiting for them to be healthy;
+    anything starts. ``before_start`` runs once the DB is migrated, before any component starts (e.g. to create users
+    that no component may create at the same time); ``on_started`` runs once every process is started, before
+    waiting for them to be healthy;
     ``cls`` is the ``AirflowCluster`` subclass to yield (its extra fields need defaults; set them in
     ``on_started``). Yields once the api-server and the other components answer healthy (and every worker answers
     a ping). On exit, asserts that no process started here is left."""
@@ -616,6 +619,8 @@ def run_cluster(
             (home / relative).parent.mkdir(parents=True, exist_ok=True)
             (home / relative).write_text(text)
         cluster.cli("db", "migrate")
+        if before_start is not None:
+            before_start(cluster)
         migrated = time.monotonic()
         for component in components:
             if component == "api-server":

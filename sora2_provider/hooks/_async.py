@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sora2_provider.exceptions import Sora2RateLimitedError
-from sora2_provider.hooks._limiter import AWAITED_TURN
+from sora2_provider.hooks._limiter import AWAITED_TURN, BudgetClosed
 from sora2_provider.models import HistoryRecord, JobResult, JobStatus
 
 
@@ -37,7 +37,8 @@ class AsyncMixin:
         """``method(*args)`` in a worker thread, after waiting for a turn of the call budget in the event loop.
 
         A 429 is waited out here (``asyncio.sleep`` until the reset), up to ``max_retries`` times, so no thread is
-        held while the account's rate limit is spent."""
+        held while the account's rate limit is spent. A call whose budget closed while it queued for a thread is
+        not sent at all: it awaits its turn again."""
         await self.aprepare()
         attempt = 0
         while True:
@@ -46,6 +47,8 @@ class AsyncMixin:
             context.run(AWAITED_TURN.set, [True])
             try:
                 return await asyncio.to_thread(context.run, method, *args)
+            except BudgetClosed:
+                continue
             except Sora2RateLimitedError as err:
                 attempt += 1
                 if attempt > self.max_retries:

@@ -28,6 +28,11 @@ DEFAULT_CLOSE = 1.0
 RESET_MARGIN = 0.1
 
 
+class BudgetClosed(Exception):
+    """Raised in a trigger's worker thread instead of sending: the budget closed (a 429 elsewhere) after the
+    coroutine took its turn. The coroutine awaits a new turn; nothing was sent."""
+
+
 class CallBudget:
     """The call budget of one connection in this process (thread-safe; see the module docstring)."""
 
@@ -58,6 +63,11 @@ class CallBudget:
                 self._probe_out = True  # this call finds out when the next window opens
             self._sent += 1
             return 0.0
+
+    def is_closed(self) -> bool:
+        """Whether a refusal closed the budget until a reset that has not come yet."""
+        with self._lock:
+            return self._clock() < self._closed_until
 
     def count(self) -> None:
         """A call made without waiting (its caller awaited its turn for the first of several)."""

@@ -46,7 +46,7 @@ from sora2_provider.hooks._http import (
     never_sent,
     usable_url,
 )
-from sora2_provider.hooks._limiter import AWAITED_TURN, CallBudget, budget_for
+from sora2_provider.hooks._limiter import AWAITED_TURN, BudgetClosed, CallBudget, budget_for
 from sora2_provider.hooks._transfer import TransferMixin
 from sora2_provider.hooks._wire import (
     IncompleteDownloadError,
@@ -309,6 +309,8 @@ class Sora2Hook(AsyncMixin, HistoryMixin, TransferMixin, BaseHook):
         if awaited is None:
             self.budget.wait()
         elif awaited[0]:
+            if self.budget.is_closed():  # a 429 came back since the coroutine's turn: it waits again
+                raise BudgetClosed()
             awaited[0] = False
         else:
             self.budget.count()

@@ -6,10 +6,15 @@ checks run in ``__init__``): nothing heavy at top level.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 LOCAL_EXECUTORS = ("LocalExecutor", "SequentialExecutor", "DebugExecutor")
+#: XCom key of the one-line reason a try failed (the Video tab of the UI plugin shows it).
+ERROR_XCOM_KEY = "sora2_error"
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -20,29 +25,19 @@ if TYPE_CHECKING:
     from sora2_provider.state import JobStateStore
 
 
+@dataclass(kw_only=True, eq=False)
 class Job:
     """Everything one try knows about its job before talking to Segmind."""
 
-    def __init__(
-        self,
-        *,
-        operator: Sora2GenerateVideoOperator,
-        request: VideoRequest,
-        output: ObjectStoragePath,
-        uri: str,
-        store: JobStateStore,
-        identity: str,
-        fingerprint: str,
-    ) -> None:
-        self.operator = operator
-        self.request = request
-        self.output = output
-        self.uri = uri
-        self.store = store
-        self.identity = identity
-        self.fingerprint = fingerprint
-        self.existing: dict[str, Any] | None = None
-        self.sent_request: VideoRequest | None = None
+    operator: Sora2GenerateVideoOperator
+    request: VideoRequest
+    output: ObjectStoragePath
+    uri: str
+    store: JobStateStore
+    identity: str
+    fingerprint: str
+    existing: dict[str, Any] | None = None
+    sent_request: VideoRequest | None = None
 
     @staticmethod
     def check_connection_id(conn_id: Any) -> None:
@@ -200,6 +195,29 @@ def result_from_event(event: dict[str, Any] | None) -> JobResult | None:
         cost=event.get("cost"),
         generation_seconds=event.get("generation_seconds"),
     )
+
+
+@contextmanager
+def failure_noted(context: Any) -> Iterator[None]:
+    """Leave why this try failed, in one line, in the XCom ``sora2_error``; a deferral is no failure."""
+    try:
+        yield
+    except Exception as err:
+        _note_failure(context, err)
+        raise
+
+
+def _note_failure(context: Any, err: Exception) -> None:
+    from sora2_provider.compat import AirflowException, AirflowSkipException
+
+    if isinstance(err, AirflowSkipException):
+        return
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else ""
+    if not isinstance(err, AirflowException):
+        line = f"{type(err).__name__}: {line}" if line else type(err).__name__
+    with suppress(Exception):  # noting the reason must never replace the task's own error
+        context["ti"].xcom_push(key=ERROR_XCOM_KEY, value=line[:1000])
 
 
 def call_hook(method: Any, *args: Any) -> Any:

@@ -18,6 +18,7 @@ from sora2_provider.operators._job import (
     call_hook,
     connection_state_root,
     fail,
+    failure_noted,
     holds_noted_video,
     job_state_store,
     lineage,
@@ -28,11 +29,11 @@ from sora2_provider.operators._job import (
     positive,
     result_from_event,
     retryable,
-    translate,
     video_request,
     wait_failed,
     warn_if_local_file_on_remote_workers,
 )
+from sora2_provider.operators._pay_once import paid_call, resolve_job
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -80,7 +81,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     Returns (XCom) a dict of plain JSON: ``uri``, ``request_id``, ``model``, ``duration``, ``size``,
     ``prompt``, ``bytes``, ``sha256``, ``content_type``, ``cost``, ``remaining_credits``,
-    ``source_url``, ``generation_seconds``, ``decision`` and ``resumed_from``.
+    ``source_url``, ``generation_seconds``, ``decision`` and ``resumed_from``. A failed try leaves why, in one
+    line, in the XCom ``sora2_error`` (shown by the Video tab).
     """
 
     template_fields: Sequence[str] = ("prompt", "output_path", "model", "duration", "size", "input_reference")
@@ -144,20 +146,28 @@ class Sora2GenerateVideoOperator(BaseOperator):
     # ------------------------------------------------------------------ entry points
 
     def execute(self, context: Context) -> dict[str, Any]:
+        with failure_noted(context):
+            return self._generate(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume on the worker after the trigger fired: download and store the finished video."""
+        with failure_noted(context):
+            return self._collect(context, event)
+
+    def _generate(self, context: Context) -> dict[str, Any]:
         job = self._prepare(context)
         warn_if_local_file_on_remote_workers(self, job.output)
         if job.existing is not None:
             self.log.info("A verified video from the same inputs is already at %s; nothing to pay for.", job.uri)
             return self._publish(context, job.existing)
         hook = job.hook()
-        record = self._resolve_job(hook, job)
+        record = resolve_job(hook, job)
         metrics().job_decided(record.decision, model=record.model)
         if record.request_id is None:
             return self._generate_sync(context, hook, job, record)
         return self._wait_and_store(context, hook, job, record)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume on the worker after the trigger fired: download and store the finished video."""
+    def _collect(self, context: Context, event: dict[str, Any] | None) -> dict[str, Any]:
         job = self._prepare(context, check_existing=False)
         hook = job.hook()
         record = job.store.read()
@@ -250,109 +260,6 @@ class Sora2GenerateVideoOperator(BaseOperator):
             "content_type": "video/mp4",
             "decision": "existing_output",
         }
-
-    # ------------------------------------------------------------------ never pay twice
-
-    def _resolve_job(self, hook: Sora2Hook, job: Job) -> JobRecord:
-        """Find the job this task instance already paid for, or submit one; the record says which."""
-        record = job.store.read()
-        if record is not None and record.fingerprint != job.fingerprint:
-            self.log.warning(
-                "The inputs changed since job %s was recorded for this task; it is abandoned (Segmind has no "
-                "cancel) and a new job is submitted.",
-                record.request_id or "(intent only)",
-            )
-            record = None
-        if record is not None and record.request_id:
-            self.log.info("Resuming job %s submitted at %s by an earlier try.", record.request_id, record.submitted_at)
-            record = record.with_decision("resumed")
-            job.store.write(record)
-            return record
-        if record is not None:
-            adopted = self._adopt_from_history(hook, job, record)
-            if adopted is not None:
-                return adopted
-        return self._submit(hook, job)
-
-    def _adopt_from_history(self, hook: Sora2Hook, job: Job, record: JobRecord) -> JobRecord | None:
-        """An intent without a request id: find the job in Segmind's request history, or decide to resubmit."""
-        from sora2_provider.exceptions import Sora2Error
-
-        since = record.started_at - timedelta(minutes=2)
-        try:
-            rows = hook.find_requests(model=record.model, since=since)
-        except Sora2Error as err:
-            raise retryable(
-                f"an earlier try may have paid for a job (intent recorded at {record.intent_at}) but the request "
-                f"history cannot be read ({err}); not resubmitting, to avoid paying twice"
-            ) from None
-        matches = [row for row in rows if record.matches(row)]
-        if matches:
-            row = matches[-1]  # newest first: the oldest match is the first job this intent created
-            self.log.warning(
-                "Adopted job %s from Segmind's request history (status %s): an earlier try's submit answer "
-                "was lost; nothing is resubmitted.",
-                row.request_id,
-                row.status,
-            )
-            adopted = record.with_request(row.request_id, row.created_at).with_decision("adopted_from_history")
-            job.store.write(adopted)
-            return adopted
-        if self.on_orphaned_intent == "fail":
-            raise fail(
-                f"an earlier try recorded its intent to submit at {record.intent_at} but no request id, and the "
-                f"request history shows no matching job; on_orphaned_intent='fail' refuses to risk paying twice. "
-                f"Delete the job record in {job.store.location} to allow a new submit."
-            )
-        self.log.warning(
-            "An earlier try recorded an intent to submit at %s but the request history shows no such job; "
-            "submitting now (on_orphaned_intent='resubmit').",
-            record.intent_at,
-        )
-        return None
-
-    def _submit(self, hook: Sora2Hook, job: Job) -> JobRecord:
-        """Write the intent, then submit (async) or leave the v1 call to ``_generate_sync``."""
-        from sora2_provider.state import JobRecord, utcnow
-
-        request = job.resolved_request(hook)
-        record = JobRecord(
-            identity=job.identity,
-            fingerprint=job.fingerprint,
-            intent_at=utcnow().isoformat(),
-            model=request.model,
-            body=request.to_body(),
-            mode=self.mode,
-        )
-        job.store.write(record)
-        job.sent_request = request
-        if self.mode == "sync":
-            return record
-        submitted = self._paid_call(job, hook.submit, request)
-        record = record.with_request(submitted.request_id)
-        job.store.write(record)
-        self.log.info(
-            "Submitted %s job %s (%s s, %s), estimated cost %.2f credits.",
-            request.model,
-            submitted.request_id,
-            request.duration,
-            request.size,
-            request.estimated_cost,
-        )
-        return record
-
-    @staticmethod
-    def _paid_call(job: Job, method: Any, *args: Any) -> Any:
-        """Call a paid endpoint; when Segmind refused it with a 4xx (401, 406, 410...), no job exists: drop the
-        intent record too."""
-        from sora2_provider.exceptions import Sora2Error
-
-        try:
-            return method(*args)
-        except Sora2Error as err:
-            if not err.retryable and (400 <= (err.status_code or 0) < 500 or getattr(err, "nothing_sent", False)):
-                job.store.delete()
-            raise translate(err) from None
 
     # ------------------------------------------------------------------ waiting
 
@@ -454,7 +361,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         started = time.monotonic()
         job.output.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(job.output) as handle:
-            result = self._paid_call(job, hook.generate_sync, request, handle)
+            result = paid_call(job, hook.generate_sync, request, handle)
         self._log_transfer(result.download.bytes, time.monotonic() - started, job.uri)
         xcom = {
             **job.describe(),

@@ -36,15 +36,19 @@ def cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "sora2-emulator"
 
 
-def mp4_file(width: int, height: int, seconds: int, fps: int = DEFAULT_FPS) -> Path:
-    """Path of a cached MP4 of this size and duration, encoding it first when it is not cached yet."""
-    path = cache_dir() / f"v{_FORMAT_VERSION}-{width}x{height}-{seconds}s-{fps}fps.mp4"
+def mp4_file(width: int, height: int, seconds: int, fps: int = DEFAULT_FPS, *, noise: bool = False) -> Path:
+    """Path of a cached MP4 of this size and duration, encoding it first when it is not cached yet.
+
+    ``noise`` makes frames of random pixels instead of solid colours: an MP4 of a real video's weight (about
+    3 MB a second at 720p instead of a few KB), for players that must fetch byte ranges as they seek."""
+    kind = "-noise" if noise else ""
+    path = cache_dir() / f"v{_FORMAT_VERSION}-{width}x{height}-{seconds}s-{fps}fps{kind}.mp4"
     if path.is_file():
         return path
     with _generate_lock:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, lambda target: _encode(target, width, height, seconds, fps))
+            _write_atomically(path, lambda target: _encode(target, width, height, seconds, fps, noise))
     return path
 
 
@@ -74,8 +78,9 @@ def _pick_codec() -> str:
         return "mpeg4"
 
 
-def _encode(target: str, width: int, height: int, seconds: int, fps: int) -> None:
-    """Encode ``seconds * fps`` solid frames whose colour drifts, so the video is not one still image."""
+def _encode(target: str, width: int, height: int, seconds: int, fps: int, noise: bool = False) -> None:
+    """Encode ``seconds * fps`` solid frames whose colour drifts, so the video is not one still image (or frames of
+    random pixels, ``noise``)."""
     import av
 
     codec = _pick_codec()
@@ -83,14 +88,25 @@ def _encode(target: str, width: int, height: int, seconds: int, fps: int) -> Non
         stream = container.add_stream(codec, rate=fps)
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.bit_rate = 50_000
-        if codec == "libx264":
+        stream.bit_rate = 25_000_000 if noise else 50_000
+        if codec == "libx264" and noise:
+            stream.options = {"preset": "ultrafast", "crf": "30", "g": str(fps)}  # a keyframe a second, as real videos
+        elif codec == "libx264":
             stream.options = {"preset": "ultrafast", "tune": "stillimage", "crf": "40"}
         for index in range(seconds * fps):
-            frame = _solid_frame(width, height, luma=40 + (index * 7) % 180)
+            frame = _noise_frame(width, height) if noise else _solid_frame(width, height, luma=40 + (index * 7) % 180)
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+
+
+def _noise_frame(width: int, height: int) -> av.VideoFrame:
+    import av
+
+    frame = av.VideoFrame(width, height, "yuv420p")
+    for plane in frame.planes:
+        plane.update(os.urandom(plane.buffer_size))
+    return frame
 
 
 def _solid_frame(width: int, height: int, luma: int) -> av.VideoFrame:

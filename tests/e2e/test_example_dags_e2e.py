@@ -1,7 +1,8 @@
 """The example DAGs on a real Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor, SQLite).
 
 Runs are triggered through the REST API and awaited with deadlines. The three one-video DAGs run at once, then
-the batch runs alone, so the emulator's view of concurrent jobs belongs to the batch only.
+the batch runs alone, so the emulator's view of concurrent jobs belongs to the batch only; then two runs of the
+review DAG, whose review requests are answered through the REST API (one approved, one rejected).
 
 Signals used:
 - deferral: the generate task's worker log says ``Pausing task as DEFERRED.`` and *then* stores the video (the
@@ -307,6 +308,141 @@ def test_batch_costs_at_most_2_1_keyed_calls_per_video(
     assert videos == 5 and keyed["submit_v2"] == videos
     assert keyed["status"] == keyed["result"] == 0, keyed
     assert per_video <= MAX_KEYED_CALLS_PER_VIDEO, f"{dict(keyed)}; seconds after the first call: {timeline}"
+
+
+# ---------------------------------------------------------------------------------------- review before publishing
+
+REVIEW = "sora2_review_and_publish"
+#: Where a human-in-the-loop task waits: Airflow 3.3 parks it (no trigger), 3.1 and 3.2 defer it to HITLTrigger.
+AWAITING_REVIEW = ("awaiting_input", "deferred")
+
+
+@dataclass
+class Reviews:
+    run_ids: dict[str, str]  # "Approve" / "Reject" -> run id
+    states: dict[str, str]  # same keys -> the run's final state
+    requests: dict[str, dict[str, Any]]  # same keys -> the review request (HITL detail) as the reviewer saw it
+    published_before_answers: list[str]
+
+
+def hitl_path(run_id: str) -> str:
+    return f"/dags/{REVIEW}/dagRuns/{run_id}/taskInstances/review_video/-1/hitlDetails"
+
+
+def published_files(cluster: AirflowCluster) -> list[str]:
+    """Every file under published/, staged ones included (relative paths)."""
+    root = cluster.output_root / "published"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def await_review_request(cluster: AirflowCluster, run_id: str) -> dict[str, Any]:
+    """The review request of a run once its review task waits for an answer; fails at once if the run failed."""
+
+    def waiting() -> dict[str, Any] | None:
+        cluster.check_alive()
+        if cluster.api("GET", f"/dags/{REVIEW}/dagRuns/{run_id}")["state"] == "failed":
+            raise AssertionError(f"{REVIEW} {run_id} failed:\n{cluster.diagnose({REVIEW: run_id})}")
+        if cluster.task_instances(REVIEW, run_id)["review_video"]["state"] not in AWAITING_REVIEW:
+            return None
+        return cluster.api("GET", hitl_path(run_id))
+
+    return wait_for(f"the review request of {run_id}", waiting, RUN_DEADLINE)
+
+
+@pytest.fixture(scope="module")
+def review_runs(airflow_cluster: AirflowCluster) -> Reviews:
+    """Two runs of the review DAG at once, answered through the REST API as a reviewer would: one approved, one
+    rejected (after the batch, whose emulator ledger stays its own)."""
+    started = time.monotonic()
+    run_ids = {
+        answer: airflow_cluster.trigger(REVIEW, None, prompt=f"A lighthouse in a storm, take to {answer.lower()}")
+        for answer in ("Approve", "Reject")
+    }
+    requests_seen = {answer: await_review_request(airflow_cluster, run_id) for answer, run_id in run_ids.items()}
+    published_before = published_files(airflow_cluster)
+    for answer, run_id in run_ids.items():
+        response = airflow_cluster.api("PATCH", hitl_path(run_id), json={"chosen_options": [answer]})
+        assert response["chosen_options"] == [answer], response
+    states: dict[str, str] = {}
+
+    def finished() -> bool:
+        airflow_cluster.check_alive()
+        for answer, run_id in run_ids.items():
+            states[answer] = airflow_cluster.api("GET", f"/dags/{REVIEW}/dagRuns/{run_id}")["state"]
+        return all(state in ("success", "failed") for state in states.values())
+
+    wait_for(f"the answered {REVIEW} runs", finished, RUN_DEADLINE)
+    print(f"{REVIEW}: {states} in {time.monotonic() - started:.0f} s (both runs, the review answers included)")
+    return Reviews(run_ids, states, requests_seen, published_before)
+
+
+def published_uri(cluster: AirflowCluster, run_id: str) -> Path:
+    """Where the DAG documents the published copy: published/<run date>/<run id, ':' -> '-', '+' -> '_'>.mp4."""
+    run = cluster.api("GET", f"/dags/{REVIEW}/dagRuns/{run_id}")
+    run_date = _instant(run["logical_date"] or run["run_after"]).strftime("%Y-%m-%d")
+    return cluster.output_root / "published" / run_date / f"{run_id.replace(':', '-').replace('+', '_')}.mp4"
+
+
+def test_review_request_shows_prompt_cost_and_video_tab(airflow_cluster: AirflowCluster, review_runs: Reviews) -> None:
+    from sora2_provider.links import video_tab_url
+
+    for answer, run_id in review_runs.run_ids.items():
+        video = airflow_cluster.xcom(REVIEW, run_id, "generate_video")
+        request = review_runs.requests[answer]
+        assert request["subject"] == "Publish this Sora 2 video?"
+        assert request["options"] == ["Approve", "Reject"] and request["defaults"] == ["Reject"]
+        body = request["body"]
+        assert f"> {video['prompt']}" in body and video["prompt"].endswith(answer.lower())
+        assert video["cost"] == 0.4 and "**Cost:** 0.40 credits" in body
+        assert f"`{video['uri']}`" in body and f"request `{video['request_id']}`" in body
+        tab = video_tab_url(REVIEW, run_id, "generate_video", base_url=airflow_cluster.api_url)
+        assert f"[Watch it in the Video tab]({tab})" in body, body
+        assert "{{" not in body and "{%" not in body, body
+
+
+def test_nothing_is_published_before_the_review(review_runs: Reviews) -> None:
+    assert review_runs.published_before_answers == []
+
+
+def test_the_approved_video_is_published_whole(airflow_cluster: AirflowCluster, review_runs: Reviews) -> None:
+    run_id = review_runs.run_ids["Approve"]
+    tis = airflow_cluster.task_instances(REVIEW, run_id)
+    assert review_runs.states["Approve"] == "success", airflow_cluster.diagnose({REVIEW: run_id})
+    assert {task: ti["state"] for task, ti in tis.items()} == dict.fromkeys(tis, "success")
+    video = airflow_cluster.xcom(REVIEW, run_id, "generate_video")
+    target = published_uri(airflow_cluster, run_id)
+    assert_valid_video(target.read_bytes(), video)  # a decodable MP4 of the size asked, same bytes and sha256
+    decision = airflow_cluster.xcom(REVIEW, run_id, "review_video")
+    assert decision["chosen_options"] == ["Approve"] and decision["responded_by_user"]["name"]
+    published = airflow_cluster.xcom(REVIEW, run_id, "publish_video")
+    assert published == {
+        "uri": target.as_uri(),
+        "bytes": video["bytes"],
+        "sha256": video["sha256"],
+        "request_id": video["request_id"],
+        "approved_by": decision["responded_by_user"]["name"],
+    }
+
+
+def test_a_rejected_video_ends_the_run_without_publishing(
+    airflow_cluster: AirflowCluster, review_runs: Reviews
+) -> None:
+    run_id = review_runs.run_ids["Reject"]
+    assert review_runs.states["Reject"] == "success", airflow_cluster.diagnose({REVIEW: run_id})
+    tis = airflow_cluster.task_instances(REVIEW, run_id)
+    assert {task: ti["state"] for task, ti in tis.items()} == {
+        "generate_video": "success",
+        "review_video": "success",
+        "publish_video": "skipped",
+    }
+    # A rejection skips downstream from inside the task, which then pushes no XCom: the answer is in the HITL detail.
+    answered = airflow_cluster.api("GET", hitl_path(run_id))
+    assert answered["response_received"] and answered["chosen_options"] == ["Reject"], answered
+    draft = airflow_cluster.xcom(REVIEW, run_id, "generate_video")["uri"]
+    assert Path(draft.removeprefix("file://")).is_file(), "the rejected draft stays under review/"
+    approved = published_uri(airflow_cluster, review_runs.run_ids["Approve"])
+    root = airflow_cluster.output_root / "published"
+    assert published_files(airflow_cluster) == [str(approved.relative_to(root))], "only the approved video, whole"
 
 
 # ---------------------------------------------------------------------------------------------- hygiene

@@ -15,13 +15,19 @@ from tests.support import dag_bag
 pytestmark = pytest.mark.e2e
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
-EXPECTED = {"sora2_daily_video", "sora2_daily_video_s3", "sora2_batch", "sora2_image_to_video"}
+EXPECTED = {
+    "sora2_daily_video",
+    "sora2_daily_video_s3",
+    "sora2_batch",
+    "sora2_image_to_video",
+    "sora2_review_and_publish",
+}
 #: Modules a DAG file must not pull in when the scheduler or dag-processor parses it.
 HEAVY = ("sora2_provider.hooks.sora2", "requests", "boto3", "s3fs", "av")
 
 
 def test_every_example_dag_parses() -> None:
-    """The DagBag the dag-processor would build: no import error, the four DAGs, each documented and deferrable."""
+    """The DagBag the dag-processor would build: no import error, every example DAG, each documented and deferrable."""
     bag = dag_bag(EXAMPLE_DAGS)
     assert not bag.import_errors, bag.import_errors
     assert set(bag.dag_ids) == EXPECTED

@@ -137,3 +137,33 @@ def test_fifty_calls_held_by_the_rate_limit_wait_in_the_loop_without_holding_thr
     refused = [e for e in emulator.request_log if e["status"] == 429]
     assert 1 <= len(refused) <= 6, f"only calls already in flight may be refused, not {len(refused)}"
     assert hook.budget.allowance == 50
+
+
+def test_calls_queued_for_a_thread_when_a_429_closes_the_budget_are_not_sent(monkeypatch):
+    """With one worker thread, five calls take their turn at once and queue for it; the first one's 429 closes the
+    budget, so the four behind it go back to waiting in the loop instead of being sent into the spent window; after
+    the reset all five fit the next window (the learned allowance is 5)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sora2_provider.testing.emulator import Sora2Emulator
+
+    with Sora2Emulator(
+        time_scale=0.05, api_keys={TEST_API_KEY: 100.0}, rate_limit_rpm=5, rate_limit_window=3.0
+    ) as emulator:
+        monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(emulator.url))
+        hook = Sora2Hook()
+        request_id = submit_many(1)[0]
+        for _ in range(4):  # the submit and these spend the window's 5 calls
+            hook.get_credits()
+
+        async def scenario():
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+            await hook.aprepare()
+            return await asyncio.gather(*(hook.aget_status(request_id) for _ in range(5)))
+
+        statuses = asyncio.run(scenario())
+
+    assert [s.request_id for s in statuses] == [request_id] * 5
+    refused = [e for e in emulator.request_log if e["status"] == 429]
+    assert len(refused) == 1, f"only the call in the thread when the window closed may be refused, not {len(refused)}"
+    assert hook.budget.refusals == 1

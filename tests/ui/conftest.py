@@ -7,6 +7,10 @@ No scheduler is needed: the generation run that gives the task instance page its
 writing the MP4 to a ``file://`` path; the connection tests need only the api-server, which runs
 ``Sora2Hook.test_connection``.
 
+The plugin's tests (``plugin_airflow``) get an api-server of their own with the FAB auth manager (per-DAG roles: the
+``ui`` extra), its users and roles made before it starts, and four generations run by ``dag.test()`` in one
+background process (tests/ui/generations.py), whose emulator serves MP4s of a real video's weight.
+
 Chromium: Debian's ``/usr/bin/chromium`` (``make test-ui`` installs it with apt), never a browser downloaded by
 Playwright. The api-server and the run are started and stopped by PID through ``tests.airflow_cluster`` (shared with
 tests/e2e and tests/cluster), which checks at teardown that nothing they started is left.
@@ -26,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.airflow_cluster import AirflowCluster, run_cluster
 from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json
+from tests.ui import generations
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "docs" / "img"
@@ -200,7 +206,7 @@ def ui_airflow(ui_emulator: Any, s3_server: str) -> Iterator[UiAirflow]:
 
 
 @pytest.fixture(scope="module")
-def browser_context(ui_airflow: UiAirflow) -> Iterator[Any]:
+def browser_context() -> Iterator[Any]:
     """Headless Debian Chromium with a fresh profile, driven by Playwright (sync API)."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -239,3 +245,128 @@ def page(browser_context: Any, ui_airflow: UiAirflow) -> Any:
     tab.get_by_role("button", name="Sign in").click()
     expect(tab.get_by_role("button", name="Admin")).to_be_visible()
     return tab
+
+
+# ---------------------------------------------------------------------------------------------- the Sora 2 plugin
+
+#: The plugin suite's accounts and store secret: none of them may appear in any page, answer or log.
+PLUGIN_API_KEY = "SG_ui_plugin_account_0002"
+BROKE_API_KEY = "SG_ui_plugin_broke_0003"
+AWS_KEY_ID = "AKIASORA2UIPLUGIN"
+AWS_SECRET = "sora2-ui-plugin-aws-secret-5f1e"
+PLUGIN_SECRETS = (PLUGIN_API_KEY, BROKE_API_KEY, AWS_SECRET)
+
+
+@dataclass
+class PluginAirflow(AirflowCluster):
+    """The api-server with the FAB auth manager (``tests.airflow_cluster``) and the plugin's fixture generations."""
+
+    videos_root: str = ""
+    _runs: dict[str, str] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.api_url
+
+    def runs(self) -> dict[str, str]:
+        """``dag_id -> run_id`` of the fixture runs, once the background ``dag.test()`` process has finished."""
+        if self._runs is None:
+            proc = self.processes.started["generations"].popen
+            try:
+                proc.wait(timeout=RUN_DEADLINE)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"the generations are still running:\n{self.log_tail('generations')}") from None
+            log = (self.log_dir / "generations.log").read_text(errors="replace")
+            assert proc.returncode == 0, f"the generation runs failed:\n{self.log_tail('generations', 80)}"
+            finished = {line.split()[1]: line.split()[2:] for line in log.splitlines() if line.startswith("RUN ")}
+            expected = {g.dag_id: "failed" if g.cost == 0 else "success" for g in generations.GENERATIONS}
+            assert {dag: run[1] for dag, run in finished.items()} == expected, log[-3000:]
+            self._runs = {dag: run[0] for dag, run in finished.items()}
+        return self._runs
+
+    def token(self, user: tuple[str, str]) -> str:
+        """A JWT for ``user`` from the FAB auth manager's token route."""
+        answer = requests.post(f"{self.url}/auth/token", json={"username": user[0], "password": user[1]}, timeout=30)
+        answer.raise_for_status()
+        return answer.json()["access_token"]
+
+
+@pytest.fixture(scope="module")
+def plugin_emulator() -> Iterator[Any]:
+    """The Segmind emulator of the plugin suite: a funded account and one without credits."""
+    from sora2_provider.testing.emulator import Sora2Emulator
+
+    keys: dict[str, float | None] = {PLUGIN_API_KEY: TEST_BALANCE, BROKE_API_KEY: 0.0}
+    # MP4s of a real video's weight (megabytes): a player must fetch ranges as it seeks.
+    with Sora2Emulator(time_scale=TIME_SCALE, api_keys=keys, noise_video=True) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def plugin_airflow(plugin_emulator: Any, s3_server: str) -> Iterator[PluginAirflow]:
+    """``airflow api-server`` with the FAB auth manager, its users and roles, and the fixture generations (run by
+    ``dag.test()`` in one background process while the api-server boots)."""
+    home = Path(os.environ["AIRFLOW_HOME"]) / "ui-plugin"
+    root = str(home / "files")
+    aws = {
+        "conn_type": "aws",
+        "login": AWS_KEY_ID,
+        "password": AWS_SECRET,
+        "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+    }
+    settings = dict(
+        AIRFLOW__CORE__AUTH_MANAGER=generations.FAB_AUTH_MANAGER,
+        AIRFLOW_CONN_SORA2_DEFAULT=connection_json(plugin_emulator.url, api_key=PLUGIN_API_KEY),
+        AIRFLOW_CONN_SORA2_BROKE=connection_json(plugin_emulator.url, api_key=BROKE_API_KEY),
+        AIRFLOW_CONN_AWS_DEFAULT=json.dumps(aws),
+        PYTHONPYCACHEPREFIX=os.environ.get("SORA2_UI_PYCACHE", str(Path.home() / ".cache" / "sora2-ui-pycache")),
+        PYTHONDONTWRITEBYTECODE=None,
+    )
+
+    def prepare(airflow: PluginAirflow) -> None:
+        """Users and roles first (FAB's security manager must not race the api-server's own role sync), then the
+        generation runs in the background."""
+        airflow.videos_root = root
+        setup = [sys.executable, "-c", generations.FAB_SETUP, generations.fab_spec()]
+        proc = subprocess.run(setup, env=airflow.env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, f"FAB users:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        dag_ids = [g.dag_id for g in generations.GENERATIONS]
+        argv = [sys.executable, "-c", generations.RUN_DAGS, str(airflow.dags), *dag_ids]
+        # tests.support from this checkout; only here: the api-server would also see the checkout's egg-info and load
+        # the plugin twice.
+        env = {**airflow.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        airflow.processes.start("generations", argv, env, service=False)
+
+    with run_cluster(
+        home,
+        executor="LocalExecutor",
+        components=("api-server",),
+        settings=settings,
+        dag_files={f"{g.dag_id}.py": generations.dag_source(g, root) for g in generations.GENERATIONS},
+        credentials=generations.ADMIN,
+        before_start=prepare,
+        ready_timeout=SERVER_DEADLINE,
+        cls=PluginAirflow,
+    ) as airflow:
+        yield airflow
+        leaks = [p for p in home.rglob("*") if p.is_file() and p.suffix != ".db" and _holds_secret(p)]
+        assert not leaks, f"a key or store secret of the plugin suite leaked into {leaks}"
+
+
+@pytest.fixture(scope="module")
+def plugin_page(browser_context: Any, plugin_airflow: PluginAirflow) -> Any:
+    """One browser tab, signed in as the admin through the FAB auth manager's login form."""
+    from playwright.sync_api import expect
+
+    tab = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+    tab.goto(f"{plugin_airflow.url}/")
+    tab.locator("#username").fill(generations.ADMIN[0])
+    tab.locator("#password").fill(generations.ADMIN[1])
+    tab.locator("input[type=submit]").click()
+    expect(tab.get_by_role("link", name="Sora 2", exact=True)).to_be_visible()  # the plugin's navigation entry
+    return tab
+
+
+def _holds_secret(path: Path) -> bool:
+    text = path.read_text(errors="ignore")
+    return any(secret in text for secret in PLUGIN_SECRETS)

@@ -62,3 +62,38 @@ def test_azure_blob_without_the_account_resource_id_has_no_link(monkeypatch):
     assert browser_url("abfs://media_blobs@videos/v.mp4") == ""  # no subscription_id / resource_group
     assert browser_url("abfs://no_such_connection@videos/v.mp4") == ""
     assert browser_url("abfs://videos/v.mp4") == ""  # no connection at all
+
+
+RUN_ID = "manual__2025-06-01T00:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "map_index", "url"),
+    [
+        (
+            "https://airflow.example.com",
+            -1,
+            "https://airflow.example.com/dags/daily/runs/manual__2025-06-01T00%3A00%3A00%2B00%3A00"
+            "/tasks/generate_video/plugin/sora2-video",
+        ),
+        (
+            "https://example.com/airflow/",
+            3,
+            "https://example.com/airflow/dags/daily/runs/manual__2025-06-01T00%3A00%3A00%2B00%3A00"
+            "/tasks/generate_video/mapped/3/plugin/sora2-video",
+        ),
+        ("", -1, "/dags/daily/runs/manual__2025-06-01T00%3A00%3A00%2B00%3A00/tasks/generate_video/plugin/sora2-video"),
+    ],
+    ids=["base_url", "path_prefix_and_mapped", "no_base_url"],
+)
+def test_video_tab_url(base_url, map_index, url):
+    from sora2_provider.links import video_tab_url
+
+    assert video_tab_url("daily", RUN_ID, "generate_video", map_index, base_url=base_url) == url
+
+
+def test_video_tab_url_takes_the_api_base_url(monkeypatch):
+    from sora2_provider.links import video_tab_url
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://127.0.0.1:28080/")
+    assert video_tab_url("d", "r", "t") == "http://127.0.0.1:28080/dags/d/runs/r/tasks/t/plugin/sora2-video"

@@ -110,3 +110,22 @@ def test_emulator_example_runs(monkeypatch):
     (code,) = [c for c in blocks("python") if "Sora2Emulator(" in c]
     monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", "")  # the example sets it; monkeypatch restores it after
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_review_answer_example_matches_airflow_s_hitl_route():
+    """The curl line answering a review request: Airflow's PATCH route for HITL details, a valid payload, and an
+    option the example DAG's ApprovalOperator offers."""
+    from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+    from airflow.api_fastapi.core_api.routes.public.hitl import task_instances_hitl_router
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    (code,) = [c for c in blocks("bash") if "hitlDetails" in c]
+    args = shlex.split(code.replace("\\\n", " "))
+    assert args[:3] == ["curl", "-X", "PATCH"]
+    url = next(arg for arg in args if arg.startswith("$AIRFLOW_URL/api/v2/"))
+    path = url.removeprefix("$AIRFLOW_URL/api/v2")
+    values = {"dag_id": "sora2_review_and_publish", "dag_run_id": "$RUN_ID", "task_id": "review_video", "map_index": -1}
+    patched = [route.path.format(**values) for route in task_instances_hitl_router.routes if "PATCH" in route.methods]
+    assert path in patched, patched
+    payload = UpdateHITLDetailPayload.model_validate_json(args[args.index("-d") + 1])
+    assert payload.chosen_options == [ApprovalOperator.APPROVE]
