@@ -71,17 +71,17 @@ def run(result: Result, args: argparse.Namespace) -> None:
         idle = asyncio.run(_phase([], idle_seconds=min(5.0, 2 + count * poll / 100)))
         log("P6: one trigger in this fresh process (it imports the hook inside run())")
         cold_jobs = _submit(emulator.url, 1)
-        cold = asyncio.run(_phase([_trigger(cold_jobs[0][0], poll)]))
+        cold = asyncio.run(_phase([_trigger(cold_jobs[0], poll)]))
         log(f"P6: submitting {count} jobs for the triggers")
         jobs = _submit(emulator.url, count)
         history_before = _calls(emulator, "history")
-        triggers = asyncio.run(_phase([_trigger(request_id, poll) for request_id, _ in jobs]))
-        triggers["status_calls"] = _status_calls(emulator, {r for r, _ in jobs})
+        triggers = asyncio.run(_phase([_trigger(job, poll) for job in jobs]))
+        triggers["status_calls"] = _status_calls(emulator, {job[0] for job in jobs})
         triggers["history_calls"] = _calls(emulator, "history") - history_before
         log(f"P6: submitting {count} jobs for the bare pollers")
         bare_jobs = _submit(emulator.url, count)
         bare = asyncio.run(_phase(_bare_pollers(bare_jobs, poll)))
-        bare["status_calls"] = _status_calls(emulator, {r for r, _ in bare_jobs})
+        bare["status_calls"] = _status_calls(emulator, {job[0] for job in bare_jobs})
     for phase in (cold, triggers, bare):
         if phase["failures"]:
             raise RuntimeError(f"{len(phase['failures'])} pollers did not see COMPLETED: {phase['failures'][:3]}")
@@ -132,10 +132,12 @@ async def _warm_airflow() -> None:
     await BaseHook.aget_connection("sora2_default")
 
 
-def _submit(url: str, count: int) -> list[tuple[str, str]]:
-    """Submit with the standard library, so the first trigger still finds ``requests`` and the hook unloaded."""
+def _submit(url: str, count: int) -> list[tuple[str, str, str]]:
+    """Submit with the standard library, so the first trigger still finds ``requests`` and the hook unloaded:
+    (request id, status URL, submit time as the operator records it)."""
     import json
     import urllib.request
+    from datetime import datetime, timezone
 
     jobs = []
     for number in range(count):
@@ -144,15 +146,19 @@ def _submit(url: str, count: int) -> list[tuple[str, str]]:
                                          headers={"x-api-key": API_KEY, "Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as answer:
             body = json.loads(answer.read())
-        jobs.append((body["request_id"], body["status_url"]))
+        jobs.append((body["request_id"], body["status_url"], datetime.now(timezone.utc).isoformat()))
     return jobs
 
 
-def _trigger(request_id: str, poll: float) -> Any:
+def _trigger(job: tuple[str, str, str], poll: float) -> Any:
+    """The trigger the operator defers to (the job's kind included, so its watcher knows when it can be done)."""
     from sora2_provider.triggers.sora2 import Sora2JobTrigger
 
+    request_id, _, submitted_at = job
+
     async def first_event() -> dict[str, Any]:
-        trigger = Sora2JobTrigger(request_id, "sora2_default", poll)
+        trigger = Sora2JobTrigger(request_id, "sora2_default", poll, submitted_at=submitted_at, model="sora-2",
+                                  duration=4, size="720x1280")
         async for event in trigger.run():
             return event.payload
         return {"status": "no event"}
@@ -160,7 +166,7 @@ def _trigger(request_id: str, poll: float) -> Any:
     return first_event()
 
 
-def _bare_pollers(jobs: list[tuple[str, str]], poll: float) -> list[Any]:
+def _bare_pollers(jobs: list[tuple[str, str, str]], poll: float) -> list[Any]:
     import requests
 
     session = requests.Session()
@@ -174,7 +180,7 @@ def _bare_pollers(jobs: list[tuple[str, str]], poll: float) -> list[Any]:
                 return {"status": body["status"].lower()}
             await asyncio.sleep(poll)
 
-    return [wait(url) for _, url in jobs]
+    return [wait(url) for _, url, _ in jobs]
 
 
 async def _phase(coroutines: list[Any], idle_seconds: float = 0.0) -> dict[str, Any]:

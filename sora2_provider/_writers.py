@@ -17,6 +17,8 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
+_CHECKSUM = {"ChecksumAlgorithm": "CRC32"}
+_PART_CHECKSUM = "ChecksumCRC32"
 WRITEBACK_STEP = 8 * 1024 * 1024  # start write-back of each new 8 MiB of a local file
 SYNC_STEP = 64 * 1024 * 1024  # and wait for what was written every 64 MiB, so dirty data stays bounded
 
@@ -61,6 +63,11 @@ class S3PartWriter:
     waits for all of them; ``commit`` completes the upload (or, for an object smaller than a part, sends it in one
     PUT); ``discard`` waits for the parts in flight and aborts the upload. Until ``commit`` nothing is at the key.
     An upload error is raised, as s3fs raised it, by the next ``write``, ``close`` or ``commit``.
+
+    Like the AWS SDK's own transfer manager (s3transfer), the upload declares the CRC32 checksum botocore computes
+    for every part (when the client's ``request_checksum_calculation`` is ``when_supported``, botocore's default)
+    and completes with each part's checksum: S3 checks every part and keeps a composite checksum. Without it S3
+    computes a full-object CRC64NVME itself, and a local S3 API such as moto does that in the completion call.
     """
 
     def __init__(self, fs: Any, path: str, part_size: int, in_flight: int) -> None:
@@ -75,6 +82,7 @@ class S3PartWriter:
         self._upload_id: str | None = None
         self._pending: deque[tuple[int, Future[Any]]] = deque()
         self._parts: list[dict[str, Any]] = []
+        self._checksum: dict[str, str] = {}
 
     def write(self, data: Any) -> int:
         if self.closed:
@@ -125,20 +133,24 @@ class S3PartWriter:
 
     def _send_part(self) -> None:
         if self._upload_id is None:
-            self._upload_id = self._call("create_multipart_upload")["UploadId"]
+            self._checksum = _CHECKSUM if _checksums_when_supported(self.fs) else {}
+            self._upload_id = self._call("create_multipart_upload", **self._checksum)["UploadId"]
         while len(self._pending) >= self.in_flight:
             self._collect_oldest()
         number = len(self._parts) + len(self._pending) + 1
         coroutine = self.fs._call_s3(
             "upload_part", Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number,
-            Body=self._take_buffer(),
+            Body=self._take_buffer(), **self._checksum,
         )
         self._pending.append((number, asyncio.run_coroutine_threadsafe(coroutine, self.fs.loop)))
 
     def _collect_oldest(self) -> None:
         number, future = self._pending.popleft()
         answer = future.result()
-        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        part = {"PartNumber": number, "ETag": answer["ETag"]}
+        if answer.get(_PART_CHECKSUM):
+            part[_PART_CHECKSUM] = answer[_PART_CHECKSUM]
+        self._parts.append(part)
 
     def _take_buffer(self) -> bytes:
         body = b"".join(self._chunks)
@@ -147,3 +159,11 @@ class S3PartWriter:
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         return self.fs.call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
+
+
+def _checksums_when_supported(fs: Any) -> bool:
+    """Whether the S3 client computes request checksums where the API supports them (botocore >= 1.36's default);
+    a user who set ``request_checksum_calculation="when_required"`` (for an S3 API without flexible checksums)
+    gets uploads without a declared checksum, as before."""
+    config = getattr(getattr(fs.connect(), "meta", None), "config", None)
+    return getattr(config, "request_checksum_calculation", None) == "when_supported"

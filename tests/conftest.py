@@ -77,6 +77,17 @@ def no_api_key_leak(caplog: pytest.LogCaptureFixture, console: Console) -> Itera
         assert TEST_API_KEY not in text, f"the API key leaked into {where}"
 
 
+@pytest.fixture(autouse=True)
+def fresh_render_times() -> Iterator[None]:
+    """Each test starts with a process that has seen no Sora 2 job complete (the history watcher learns render
+    times per process: one test's emulator clock must not set another's schedule)."""
+    from sora2_provider.triggers._render_times import RENDER_TIMES
+
+    RENDER_TIMES.clear()
+    yield
+    RENDER_TIMES.clear()
+
+
 @pytest.fixture
 def emulator() -> Iterator[Any]:
     """A fresh Segmind emulator on 127.0.0.1 with a fast clock (180 s render -> about 0.9 s).

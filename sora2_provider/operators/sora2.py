@@ -29,7 +29,6 @@ from sora2_provider.operators._job import (
     positive,
     result_from_event,
     retryable,
-    translate,
     video_request,
     wait_failed,
     warn_if_local_file_on_remote_workers,
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from sora2_provider.hooks.sora2 import Sora2Hook
-    from sora2_provider.models import JobResult, VideoRequest
+    from sora2_provider.models import VideoRequest
     from sora2_provider.state import JobRecord
 
 MODES = ("async", "sync")
@@ -67,7 +66,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
         uploaded to Segmind first (templated).
     :param mode: ``async`` (v2 submit and wait, default) or ``sync`` (one v1 call streaming the MP4).
     :param deferrable: wait in the triggerer, freeing the worker slot while the model renders.
-    :param poll_interval: seconds between status checks.
+    :param poll_interval: seconds between checks once the job can be done (see the trigger).
     :param max_cost: refuse (before paying) a job whose estimated cost in credits is above this.
     :param max_spend_per_day: lower (never raise) the connection's ``max_spend_per_day``: a new paid submit that
         would take the account's spend over the last 24 h above it is refused (see the README's spend cap).
@@ -265,15 +264,23 @@ class Sora2GenerateVideoOperator(BaseOperator):
     # ------------------------------------------------------------------ waiting
 
     def _wait_and_store(self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord) -> dict[str, Any]:
+        from sora2_provider.operators._waiting import already_ended
+
         assert record.request_id is not None
         remaining = self._remaining(record)
-        if self.deferrable and not (record.resumed_from and self._already_ended(hook, record.request_id)):
+        if self.deferrable and not (record.resumed_from and already_ended(hook, record.request_id)):
             from sora2_provider.triggers.sora2 import Sora2JobTrigger
 
             self.log.info("Deferring while job %s renders (the worker slot is free).", record.request_id)
             self.defer(
                 trigger=Sora2JobTrigger(
-                    record.request_id, self.sora2_conn_id, self.poll_interval, submitted_at=record.submitted_at
+                    record.request_id,
+                    self.sora2_conn_id,
+                    self.poll_interval,
+                    submitted_at=record.submitted_at,
+                    model=job.request.model,
+                    duration=job.request.duration,
+                    size=job.request.size,
                 ),
                 method_name="execute_complete",
                 timeout=remaining,
@@ -283,18 +290,6 @@ class Sora2GenerateVideoOperator(BaseOperator):
         if event["status"] == "error":
             raise wait_failed(record.request_id, event)
         return self._store(context, hook, job, record)
-
-    def _already_ended(self, hook: Sora2Hook, request_id: str) -> bool:
-        """Has a job an earlier try paid for already ended? Then it is collected here, without deferring
-        (a trigger that fires at once races the scheduler's handling of the deferral)."""
-        from sora2_provider.exceptions import Sora2Error, Sora2NotFoundError
-
-        try:
-            return hook.get_status(request_id).is_terminal
-        except Sora2NotFoundError:
-            return True  # the v2 record expired: the request history has the result
-        except Sora2Error:
-            return False  # let the trigger ride it out
 
     def _remaining(self, record: JobRecord) -> timedelta:
         from sora2_provider.state import utcnow
@@ -309,31 +304,12 @@ class Sora2GenerateVideoOperator(BaseOperator):
         return remaining
 
     def _poll(self, hook: Sora2Hook, request_id: str, remaining: timedelta, *, fresh: bool = False) -> dict[str, Any]:
-        """Worker-side wait (``deferrable=False``), sharing the trigger's rules through ``JobWatch``. A job this
-        try just submitted cannot be done yet (``fresh``): the first status call waits one interval."""
-        from sora2_provider.exceptions import Sora2Error
-        from sora2_provider.triggers._job_watch import JobWatch
+        """Worker-side wait (``deferrable=False``, see ``_waiting``), stopped by ``on_kill``."""
+        from sora2_provider.operators._waiting import poll_on_worker
 
-        watch = JobWatch(request_id)
-        deadline = time.monotonic() + remaining.total_seconds()
-        if fresh and self._stop_polling.wait(self.poll_interval):
-            raise retryable(f"polling of job {request_id} was stopped; the next try resumes it")
-        while time.monotonic() < deadline:
-            previous = watch.last_status
-            try:
-                status = hook.get_status(request_id)
-            except Sora2Error as err:
-                self.log.warning("Status of %s unavailable (%s); polling again", request_id, err)
-                event = watch.on_error(err)
-            else:
-                if status.status != previous:
-                    self.log.info("Job %s is %s (%.0f s)", request_id, status.status, watch.elapsed)
-                event = watch.on_status(status)
-            if event is not None:
-                return event
-            if self._stop_polling.wait(self.poll_interval):
-                raise retryable(f"polling of job {request_id} was stopped; the next try resumes it")
-        raise retryable(f"job {request_id} did not finish within generation_timeout={self.generation_timeout}")
+        limit = f"generation_timeout={self.generation_timeout}"
+        return poll_on_worker(hook, request_id, remaining, interval=self.poll_interval, stop=self._stop_polling,
+                              log=self.log, limit=limit, fresh=fresh)
 
     def _raise_if_failed(self, job: Job, event: dict[str, Any]) -> None:
         if event.get("status") == "failed":
@@ -347,10 +323,11 @@ class Sora2GenerateVideoOperator(BaseOperator):
     ) -> dict[str, Any]:
         """Download the finished video into the output. When the trigger's event already carries the output URL
         and cost (read from the request history), no further keyed call is made."""
+        from sora2_provider.operators._waiting import finished_job
         from sora2_provider.storage import atomic_writer
 
         assert record.request_id is not None
-        result = result_from_event(event) or self._result(hook, record.request_id)
+        result = result_from_event(event) or finished_job(hook, record.request_id, self.log)
         if not result.output_url:
             raise retryable(f"job {record.request_id} is {result.status} and has no output yet")
         started = time.monotonic()
@@ -372,30 +349,6 @@ class Sora2GenerateVideoOperator(BaseOperator):
             "resumed_from": record.resumed_from,
         }
         return self._finish(context, job, xcom)
-
-    def _result(self, hook: Sora2Hook, request_id: str) -> JobResult:
-        """The finished job from its v2 record, or from the request history once that record expired."""
-        from sora2_provider.exceptions import Sora2Error, Sora2JobFailedError, Sora2NotFoundError
-        from sora2_provider.models import JobResult
-
-        try:
-            return hook.get_result(request_id)
-        except Sora2JobFailedError as err:
-            raise retryable(f"Sora 2 job {request_id} FAILED (not billed): {err.segmind_message or err}") from None
-        except Sora2NotFoundError:
-            self.log.info("The v2 record of %s expired; reading its output from the request history.", request_id)
-        except Sora2Error as err:
-            raise translate(err) from None
-        row = call_hook(hook.get_request_record, request_id)
-        if row.status == "FAILED":
-            raise retryable(f"Sora 2 job {request_id} FAILED (not billed): {row.error}")
-        return JobResult(
-            request_id=row.request_id,
-            status=row.status or "UNKNOWN",
-            output_url=row.output_url,
-            cost=row.cost,
-            generation_seconds=None if row.latency_ms is None else round(row.latency_ms / 1000, 3),
-        )
 
     def _generate_sync(self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord) -> dict[str, Any]:
         """``mode="sync"``: one v1 call whose MP4 body streams straight into the output."""

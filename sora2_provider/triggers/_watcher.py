@@ -2,11 +2,15 @@
 
 A triggerer may hold hundreds of Sora 2 triggers. Polling each job's status would cost one keyed call per job
 and interval, more than any Segmind plan allows. Instead the triggers of one connection register with one
-:class:`HistoryWatcher` (an asyncio task created on first use, gone when its last trigger leaves). Each
-interval it reads the account's request history, newest first, back to the oldest watched submit (one call
-per 100 jobs), and completes every job whose row says COMPLETED or FAILED. A job the history has not shown
-for ``GRACE_POLLS`` intervals gets its own status call, at a third of the pace, so a lagging history can
-delay a job but never lose it.
+:class:`HistoryWatcher` (an asyncio task created on first use, gone when its last trigger leaves). It reads the
+account's request history, newest first, back to the oldest watched submit (one call per 100 jobs), and
+completes every job whose row says COMPLETED or FAILED.
+
+It reads only when some watched job can plausibly be done (``_render_times.py``: render times learned from the
+jobs this process saw complete, else Segmind's typical ones), then every poll interval while a job is past that
+age; jobs due within a tenth of a render time (at least one interval) of each other share a read. A job the
+history has not listed for ``GRACE_POLLS`` intervals once it is due gets its own status call, at a third of the
+pace, so a lagging history can delay a job but never lose it.
 """
 
 from __future__ import annotations
@@ -17,41 +21,57 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from sora2_provider.exceptions import Sora2Error
 from sora2_provider.models import HistoryRecord
 from sora2_provider.triggers._job_watch import JobWatch
+from sora2_provider.triggers._render_times import RENDER_TIMES, RenderKind, RenderTimes
 
 log = logging.getLogger(__name__)
 
-#: A watched job the history has not listed for this many polls gets a status call of its own ...
+#: A due job the history has not listed for this many polls gets a status call of its own ...
 GRACE_POLLS = 3
 #: ... every this many poll intervals.
 FALLBACK_EVERY = 3
 #: While the call budget keeps the watcher waiting, its interval doubles up to this many poll intervals, so
 #: history reads never starve the submits of an account with a small rate limit.
 MAX_BACKOFF = 8
+#: Jobs due within this share of the first due job's render time (at least one poll interval) after it are read
+#: together, at the last one's time: the first waits a little (at most a tenth of its render), a read is saved.
+COALESCE_SHARE = 0.1
 #: The history is read back this much further than the oldest submit (clock skew, creation lag).
 SINCE_MARGIN = timedelta(minutes=2)
 
 
 @dataclass(eq=False)
 class _Watched:
-    """One job a trigger waits for."""
+    """One job a trigger waits for. Times are epoch seconds (``time.time()``), like the submit time."""
 
     request_id: str
-    submitted_at: datetime
+    submitted: float
     poll_interval: float
+    kind: RenderKind | None
     watch: JobWatch
     ended: asyncio.Future[dict[str, Any]]
+    registered: float = field(default_factory=time.time)
+    read_at: float | None = None
     missing_since: float | None = None
     next_fallback: float = 0.0
 
     def end(self, event: dict[str, Any]) -> None:
         if not self.ended.done():
             self.ended.set_result(event)
+
+    def next_read(self, times: RenderTimes) -> float:
+        """When this job wants the history read next: at the age it can be done (then every interval), and never
+        sooner than one interval after its trigger started; every interval while it is due but not listed."""
+        if self.missing_since is not None and self.read_at is not None:
+            return self.read_at + self.poll_interval
+        read_age = None if self.read_at is None else self.read_at - self.submitted
+        age = times.next_read_age(self.kind, self.poll_interval, read_age)
+        return max(self.submitted + age, self.registered + self.poll_interval)
 
 
 @dataclass(eq=False)
@@ -60,11 +80,16 @@ class HistoryWatcher:
 
     conn_id: str
     loop: asyncio.AbstractEventLoop
+    times: RenderTimes = field(default_factory=lambda: RENDER_TIMES)
     watched: list[_Watched] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     history_calls: int = 0
     status_calls: int = 0
     backoff: int = 1
+    last_read: float = 0.0
+    #: When the watcher plans to read next (epoch seconds), while it sleeps.
+    sleeping_until: float | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     _registry: ClassVar[dict[tuple[int, str], HistoryWatcher]] = {}
 
@@ -85,17 +110,26 @@ class HistoryWatcher:
 
     @contextlib.asynccontextmanager
     async def watching(
-        self, request_id: str, submitted_at: datetime, poll_interval: float, max_transient_errors: int
+        self,
+        request_id: str,
+        submitted_at: datetime,
+        poll_interval: float,
+        max_transient_errors: int,
+        kind: RenderKind | None = None,
     ) -> AsyncIterator[asyncio.Future[dict[str, Any]]]:
-        """Watch one job; the future resolves to its final event. Leaving (cancellation included) unwatches it."""
+        """Watch one job; the future resolves to its final event. Leaving (cancellation included) unwatches it.
+
+        ``kind`` (model, duration, size) says when the job can be done; None reads every interval."""
         entry = _Watched(
             request_id=request_id,
-            submitted_at=submitted_at,
+            submitted=submitted_at.timestamp(),
             poll_interval=poll_interval,
+            kind=kind,
             watch=JobWatch(request_id, max_transient_errors),
             ended=self.loop.create_future(),
         )
         self.watched.append(entry)
+        self._changed.set()
         if self.task is None or self.task.done():
             self.task = self.loop.create_task(self._run(), name=f"sora2-history-watcher-{self.conn_id}")
         try:
@@ -125,7 +159,8 @@ class HistoryWatcher:
             return
         try:
             while self.watched:
-                await asyncio.sleep(self.backoff * min(w.poll_interval for w in self.watched))
+                if await self._wait_for_next_read():
+                    continue
                 waited_before = hook.budget.waited_seconds
                 await self.poll(hook)
                 contended = hook.budget.waited_seconds > waited_before
@@ -135,37 +170,71 @@ class HistoryWatcher:
             for entry in list(self.watched):
                 entry.end({"status": "error", "request_id": entry.request_id, "message": repr(err)})
 
+    async def _wait_for_next_read(self) -> bool:
+        """Sleep until the next read is due, or a trigger arrives; True when it slept (then plan again)."""
+        self._changed.clear()
+        self.sleeping_until = self.next_read()
+        delay = self.sleeping_until - time.time()
+        try:
+            if delay <= 0:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), delay)
+            return True
+        finally:
+            self.sleeping_until = None
+
+    def next_read(self) -> float:
+        """When to read the history next: when the first waiting job is due, or when the last of the jobs due
+        soon after it is (``COALESCE_SHARE``), and at least one (backed-off) interval after the previous read."""
+        waiting = [w for w in self.watched if not w.ended.done()]
+        if not waiting:
+            return time.time() + 3600.0  # only finished jobs whose triggers are leaving
+        dues = sorted((w.next_read(self.times), id(w), w) for w in waiting)
+        first, _, entry = dues[0]
+        window = max(entry.poll_interval, COALESCE_SHARE * self.times.expected(entry.kind, entry.poll_interval))
+        together = [due for due, _, _ in dues if due <= first + window]
+        return max(together[-1], self.last_read + self.backoff * min(w.poll_interval for w in waiting))
+
     async def poll(self, hook: Any) -> None:
-        """One round: a history read for every watched job, then status calls for the ones it keeps missing."""
+        """One round: a history read for every watched job, then status calls for the due ones it keeps missing."""
         watched = [w for w in self.watched if not w.ended.done()]
         if not watched:
             return
-        since = min(w.submitted_at for w in watched) - SINCE_MARGIN
+        now = self.last_read = time.time()
+        due = {id(w) for w in watched if w.next_read(self.times) <= now}
+        since = datetime.fromtimestamp(min(w.submitted for w in watched), tz=timezone.utc) - SINCE_MARGIN
         self.history_calls += 1
         try:
             rows = await hook.afind_requests(since=since)
         except Sora2Error as err:
             log.warning("Request history of %s unavailable (%s); polling again", self.conn_id, err)
             for entry in watched:
+                entry.read_at = now
                 if (event := entry.watch.on_error(err)) is not None:
                     entry.end(event)
             return
         by_id = {row.request_id: row for row in rows}
-        now = time.monotonic()
-        lagging = []
-        for entry in watched:
-            row = by_id.get(entry.request_id)
-            if row is not None:
-                entry.missing_since = None
-                entry.watch.transient_errors = 0
-                if (event := _event_from_history(entry.watch, row)) is not None:
-                    entry.end(event)
-                continue
-            entry.missing_since = entry.missing_since or now
-            if now - entry.missing_since >= GRACE_POLLS * entry.poll_interval and now >= entry.next_fallback:
-                entry.next_fallback = now + FALLBACK_EVERY * entry.poll_interval
-                lagging.append(entry)
+        lagging = [entry for entry in watched if self._read(entry, by_id.get(entry.request_id), now, id(entry) in due)]
         await asyncio.gather(*(self._status_of(hook, entry) for entry in lagging))
+
+    def _read(self, entry: _Watched, row: HistoryRecord | None, now: float, due: bool) -> bool:
+        """Apply one read to ``entry``; True when it needs a status call of its own (due, unlisted too long)."""
+        entry.read_at = now
+        if row is not None:
+            entry.missing_since = None
+            entry.watch.transient_errors = 0
+            if (event := _event_from_history(entry.watch, row)) is not None:
+                self.times.learn(entry.kind, event.get("generation_seconds"))
+                entry.end(event)
+            return False
+        if not due:
+            return False
+        entry.missing_since = entry.missing_since or now
+        if now - entry.missing_since >= GRACE_POLLS * entry.poll_interval and now >= entry.next_fallback:
+            entry.next_fallback = now + FALLBACK_EVERY * entry.poll_interval
+            return True
+        return False
 
     async def _status_of(self, hook: Any, entry: _Watched) -> None:
         """The fallback for a job the history does not show: its own status call."""

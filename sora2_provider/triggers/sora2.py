@@ -26,6 +26,9 @@ class Sora2JobTrigger(BaseTrigger):
     :param poll_interval: seconds between history reads (the first one an interval after the trigger starts).
     :param max_transient_errors: consecutive 429/5xx/connection errors tolerated before giving up.
     :param submitted_at: ISO time of the submit; the history is read back to the oldest watched one.
+    :param model: the job's model, with ``duration`` and ``size``: the kind of job, whose render time (learned in
+        this triggerer, else Segmind's typical one) says when the job can be done and is first looked for. Without
+        them the history is read every interval.
     """
 
     def __init__(
@@ -35,6 +38,9 @@ class Sora2JobTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         max_transient_errors: int = DEFAULT_MAX_TRANSIENT_ERRORS,
         submitted_at: str | None = None,
+        model: str | None = None,
+        duration: int | None = None,
+        size: str | None = None,
     ) -> None:
         super().__init__()
         self.request_id = request_id
@@ -42,6 +48,9 @@ class Sora2JobTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.max_transient_errors = max_transient_errors
         self.submitted_at = submitted_at or datetime.now(timezone.utc).isoformat()
+        self.model = model
+        self.duration = duration
+        self.size = size
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -52,17 +61,25 @@ class Sora2JobTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "max_transient_errors": self.max_transient_errors,
                 "submitted_at": self.submitted_at,
+                "model": self.model,
+                "duration": self.duration,
+                "size": self.size,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from sora2_provider.triggers._render_times import render_kind
         from sora2_provider.triggers._watcher import HistoryWatcher
 
         watcher = HistoryWatcher.for_connection(self.sora2_conn_id)
         submitted = datetime.fromisoformat(self.submitted_at)
         submitted = submitted if submitted.tzinfo else submitted.replace(tzinfo=timezone.utc)
         async with watcher.watching(
-            self.request_id, submitted, self.poll_interval, self.max_transient_errors
+            self.request_id,
+            submitted,
+            self.poll_interval,
+            self.max_transient_errors,
+            render_kind(self.model, self.duration, self.size),
         ) as ended:
             event = await ended
         self.log.info("Job %s ended: %s", self.request_id, event["status"])

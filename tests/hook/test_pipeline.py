@@ -265,3 +265,32 @@ def test_s3_part_writer_stores_any_size_whole(aws_conn: str, size: int) -> None:
     s3 = _s3_client(aws_conn)
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == payload
     assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix="pipeline/").get("Uploads")
+
+
+@pytest.mark.parametrize(
+    ("calculation", "checksum"), [("when_supported", "COMPOSITE"), ("when_required", "FULL_OBJECT")]
+)
+def test_s3_multipart_upload_declares_the_crc32_botocore_computes_unless_told_not_to(
+    s3_server: str, calculation: str, checksum: str
+) -> None:
+    """As the AWS SDK's transfer manager does, the parts' CRC32 is declared: S3 checks each part and keeps a
+    composite checksum (else it computes a full-object CRC64NVME itself). A client configured to send checksums
+    only where required (an S3 API without flexible checksums) declares none."""
+    from s3fs import S3FileSystem
+
+    from sora2_provider._writers import S3PartWriter
+
+    fs = S3FileSystem(
+        key="testing", secret="testing", endpoint_url=s3_server, client_kwargs={"region_name": "us-east-1"},
+        config_kwargs={"request_checksum_calculation": calculation}, skip_instance_cache=True,
+    )
+    payload = b"".join(odd_chunks(40))  # 17 MiB: four parts of 5 MiB
+    key = f"pipeline/checksum-{calculation}.bin"
+    writer = S3PartWriter(fs, f"{BUCKET}/{key}", part_size=5 * MiB, in_flight=2)
+    writer.write(payload)
+    writer.commit()
+    s3 = _s3_client(s3_server)
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == payload
+    attributes = s3.get_object_attributes(Bucket=BUCKET, Key=key, ObjectAttributes=["Checksum"])
+    assert attributes["Checksum"]["ChecksumType"] == checksum, attributes
+    assert ("ChecksumCRC32" in attributes["Checksum"]) == (checksum == "COMPOSITE"), attributes

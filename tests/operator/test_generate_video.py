@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sora2_provider.triggers._render_times import RENDER_TIMES
 from tests.support import TEST_API_KEY, probe_mp4, task_instances, xcom_value
 
 XCOM_FIELDS = {
@@ -212,6 +213,8 @@ def test_deferrable_run_passes_through_the_triggerer(sora2_conn, dag_runner, fil
     output = console.read()
     assert "Deferring while job" in output
     assert "Job" in output and "ended: completed" in output
+    # The operator told the trigger the job's kind: the watcher learned its render time (180 s x 0.005 here).
+    assert RENDER_TIMES.learned(("sora-2", 4, "720x1280")) == pytest.approx(0.9)
 
 
 def test_retry_after_the_worker_died_resumes_the_paid_job(sora2_conn, dag_runner, file_output, console, records):

@@ -51,12 +51,15 @@ async def with_heartbeat(coroutine) -> tuple[dict, float]:
 
 
 def test_serializes_to_primitives_without_the_key(sora2_conn):
-    trigger = Sora2JobTrigger("req-1", "sora2_default", poll_interval=0.05)
+    trigger = Sora2JobTrigger(
+        "req-1", "sora2_default", poll_interval=0.05, model="sora-2-pro", duration=8, size="1792x1024"
+    )
     classpath, kwargs = trigger.serialize()
     assert classpath == "sora2_provider.triggers.sora2.Sora2JobTrigger"
     assert json.loads(json.dumps(kwargs)) == kwargs
     assert TEST_API_KEY not in json.dumps(kwargs)
     assert Sora2JobTrigger(**kwargs).serialize() == (classpath, kwargs)
+    assert (kwargs["model"], kwargs["duration"], kwargs["size"]) == ("sora-2-pro", 8, "1792x1024")
 
 
 def test_completed_job_yields_completed_without_blocking_the_loop(sora2_conn):
