@@ -46,6 +46,7 @@ PROMPTS = [
     "Steam rising from a cup of coffee on a windowsill, rain outside",
     "A hummingbird hovering at a purple flower, slow motion",
     "Neon signs reflecting in puddles as a tram passes at night",
+    "Waves folding over black sand under a low grey sky, drone shot",
 ]
 
 with DAG(
