@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 
@@ -108,20 +109,27 @@ def test_cancelled_triggers_leave_the_others_waiting_and_the_last_one_stops_the_
     assert watcher.task is None and HistoryWatcher.active() == []
 
 
-def test_fifty_calls_held_by_the_rate_limit_wait_in_the_loop_without_holding_threads(monkeypatch):
-    """Once a 429 closes the budget, calls wait with ``asyncio.sleep``: the loop keeps ticking, ``to_thread`` work
-    runs at once, and after the reset the learned allowance lets them all through without new refusals."""
+@contextlib.contextmanager
+def spent_window(monkeypatch, calls: int, seconds: float):
+    """An emulator allowing ``calls`` keyed calls per ``seconds``, the current window already spent by a submit and
+    credits calls; yields it, the connection's hook and the submitted job's request id."""
     from sora2_provider.testing.emulator import Sora2Emulator
 
-    window = 5.0
     with Sora2Emulator(
-        time_scale=0.05, api_keys={TEST_API_KEY: 100.0}, rate_limit_rpm=50, rate_limit_window=window
+        time_scale=0.05, api_keys={TEST_API_KEY: 100.0}, rate_limit_rpm=calls, rate_limit_window=seconds
     ) as emulator:
         monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(emulator.url))
         hook = Sora2Hook()
         request_id = submit_many(1)[0]
-        for _ in range(49):  # the submit and these spend the window's 50 calls
+        for _ in range(calls - 1):
             hook.get_credits()
+        yield emulator, hook, request_id
+
+
+def test_fifty_calls_held_by_the_rate_limit_wait_in_the_loop_without_holding_threads(monkeypatch):
+    """Once a 429 closes the budget, calls wait with ``asyncio.sleep``: the loop keeps ticking, ``to_thread`` work
+    runs at once, and after the reset the learned allowance lets them all through without new refusals."""
+    with spent_window(monkeypatch, calls=50, seconds=5.0) as (emulator, hook, request_id):
 
         async def scenario():
             pending = [asyncio.ensure_future(hook.aget_status(request_id)) for _ in range(50)]
@@ -145,16 +153,7 @@ def test_calls_queued_for_a_thread_when_a_429_closes_the_budget_are_not_sent(mon
     the reset all five fit the next window (the learned allowance is 5)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from sora2_provider.testing.emulator import Sora2Emulator
-
-    with Sora2Emulator(
-        time_scale=0.05, api_keys={TEST_API_KEY: 100.0}, rate_limit_rpm=5, rate_limit_window=3.0
-    ) as emulator:
-        monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(emulator.url))
-        hook = Sora2Hook()
-        request_id = submit_many(1)[0]
-        for _ in range(4):  # the submit and these spend the window's 5 calls
-            hook.get_credits()
+    with spent_window(monkeypatch, calls=5, seconds=3.0) as (emulator, hook, request_id):
 
         async def scenario():
             asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
