@@ -495,6 +495,14 @@ class AirflowCluster:
         text = path.read_text(errors="replace") if path.exists() else ""
         return sum(1 for line in text.splitlines() if AIRFLOW_DEFER_RACE in line and ti in line)
 
+    def exit_processed(self, dag_id: str, run_id: str, task_id: str, state: str) -> bool:
+        """Whether the scheduler has processed the executor's report of a try that ended in ``state`` (e.g. a task
+        parked in ``awaiting_input``). Resuming such a task before that hits AIRFLOW_DEFER_RACE."""
+        finished = f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id}, "
+        path = self.log_dir / "scheduler.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return any(finished in line and f", state={state}," in line for line in text.splitlines())
+
     def diagnose(self, runs: dict[str, str]) -> str:
         """Task states and log tails, to explain a run that did not finish."""
         parts = []
@@ -597,7 +605,9 @@ def run_cluster(
                 **extra,
             }
         else:
-            database_url = f"sqlite:///{home / 'airflow.db'}"
+            # Four components and up to six tasks write to one SQLite file: wait up to 30 s for its lock (Python's
+            # default is 5 s, which a loaded 2-core machine exceeds, and the REST API then answers 500).
+            database_url = f"sqlite:///{home / 'airflow.db'}?timeout=30"
         cluster = cls(
             home=home,
             env=airflow_env(home, database_url, api_url, **extra),

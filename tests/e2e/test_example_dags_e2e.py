@@ -341,13 +341,17 @@ def published_files(cluster: AirflowCluster) -> list[str]:
 
 
 def await_review_request(cluster: AirflowCluster, run_id: str) -> dict[str, Any]:
-    """The review request of a run once its review task waits for an answer; fails at once if the run failed."""
+    """The review request of a run once its review task waits for an answer and the scheduler has seen that try's
+    process end, as it has by the time a person reads the request (an answer sent before that, within a second of
+    the request, hits AIRFLOW_DEFER_RACE: Airflow fails the resumed try and retries it, and the retry asks again).
+    Fails at once if the run failed."""
 
     def waiting() -> dict[str, Any] | None:
         cluster.check_alive()
         if cluster.api("GET", f"/dags/{REVIEW}/dagRuns/{run_id}")["state"] == "failed":
             raise AssertionError(f"{REVIEW} {run_id} failed:\n{cluster.diagnose({REVIEW: run_id})}")
-        if cluster.task_instances(REVIEW, run_id)["review_video"]["state"] not in AWAITING_REVIEW:
+        state = cluster.task_instances(REVIEW, run_id)["review_video"]["state"]
+        if state not in AWAITING_REVIEW or not cluster.exit_processed(REVIEW, run_id, "review_video", state):
             return None
         return cluster.api("GET", hitl_path(run_id))
 
@@ -376,7 +380,11 @@ def review_runs(airflow_cluster: AirflowCluster) -> Reviews:
             states[answer] = airflow_cluster.api("GET", f"/dags/{REVIEW}/dagRuns/{run_id}")["state"]
         return all(state in ("success", "failed") for state in states.values())
 
-    wait_for(f"the answered {REVIEW} runs", finished, RUN_DEADLINE)
+    try:
+        wait_for(f"the answered {REVIEW} runs", finished, RUN_DEADLINE)
+    except TimeoutError as err:
+        reports = "\n".join(airflow_cluster.diagnose({REVIEW: run_id}) for run_id in run_ids.values())
+        raise AssertionError(f"{err}; states: {states}\n{reports}") from None
     print(f"{REVIEW}: {states} in {time.monotonic() - started:.0f} s (both runs, the review answers included)")
     return Reviews(run_ids, states, requests_seen, published_before)
 
@@ -407,6 +415,13 @@ def test_review_request_shows_prompt_cost_and_video_tab(airflow_cluster: Airflow
 
 def test_nothing_is_published_before_the_review(review_runs: Reviews) -> None:
     assert review_runs.published_before_answers == []
+
+
+def test_each_reviewer_is_asked_once(airflow_cluster: AirflowCluster, review_runs: Reviews) -> None:
+    """The answer resumes the try that asked: no second try, which would ask the reviewer again."""
+    for run_id in review_runs.run_ids.values():
+        assert airflow_cluster.task_instances(REVIEW, run_id)["review_video"]["try_number"] == 1
+        assert airflow_cluster.defer_races(REVIEW, run_id, task_id="review_video") == 0
 
 
 def test_the_approved_video_is_published_whole(airflow_cluster: AirflowCluster, review_runs: Reviews) -> None:
