@@ -29,6 +29,7 @@ from airflow.api_fastapi.core_api.security import GetUserDep, get_user, requires
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 
+from sora2_provider._http_range import RangeNotSatisfiable, byte_range
 from sora2_provider.plugins import media, pages
 from sora2_provider.plugins.records import (
     BadIdentity,
@@ -149,8 +150,8 @@ def video_bytes(
         headers["ETag"] = f'"{sha256}"'
     content_type = str((generation.result or {}).get("content_type") or "video/mp4")
     try:
-        wanted = media.byte_range(request.headers.get("range"), video.size)
-    except media.RangeNotSatisfiable:
+        wanted = byte_range(request.headers.get("range"), video.size)
+    except RangeNotSatisfiable:
         headers["Content-Range"] = f"bytes */{video.size}"
         return PlainTextResponse("the range starts past the end of the video\n", status_code=416, headers=headers)
     start, stop, status = 0, video.size, 200

@@ -23,10 +23,6 @@ CHUNK = 1024 * 1024
 log = logging.getLogger(__name__)
 
 
-class RangeNotSatisfiable(Exception):
-    """A ``Range`` that starts past the end of the object (HTTP 416)."""
-
-
 @dataclass(frozen=True)
 class StoredVideo:
     """An object the api-server may serve: where it is and how big it is."""
@@ -84,33 +80,6 @@ def open_stored(uri: str) -> StoredVideo:
         log.warning("Reading %s for the Video tab failed: %s", uri, type(err).__name__)
         raise BadIdentity(502, f"the store of {uri} did not answer the api-server ({type(err).__name__})") from None
     return StoredVideo(path.fs, path.path, size)
-
-
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``[start, stop)`` of a single-range ``Range: bytes=...`` header, or None to send the whole object (no
-    header, a malformed one or several ranges: RFC 9110 lets a server ignore those). Raises
-    :class:`RangeNotSatisfiable` for a range starting at or past ``size``."""
-    if not header or not header.strip().lower().startswith("bytes="):
-        return None
-    spec = header.strip()[len("bytes=") :].strip()
-    if "," in spec or "-" not in spec:
-        return None
-    first, last = (part.strip() for part in spec.split("-", 1))
-    try:
-        if not first:  # suffix: the last N bytes
-            length = int(last)
-            if length <= 0 or size == 0:
-                raise RangeNotSatisfiable(header)
-            return max(0, size - length), size
-        start = int(first)
-        stop = size if not last else int(last) + 1
-    except ValueError:
-        return None
-    if start >= size:
-        raise RangeNotSatisfiable(header)
-    if stop <= start:
-        return None
-    return start, min(stop, size)
 
 
 def read_range(video: StoredVideo, start: int, stop: int) -> Iterator[bytes]:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from sora2_provider._http_range import RangeNotSatisfiable, byte_range
 from sora2_provider.testing._history_query import HistoryQuery
 from sora2_provider.testing.backend import (
     DEFAULT_FAIL_MESSAGE,
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from sora2_provider.testing.emulator import Sora2Emulator
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
-_RANGE = re.compile(r"^bytes=(?P<start>\d*)-(?P<end>\d*)$")
 
 
 class Dropped(Exception):
@@ -189,9 +189,9 @@ class Api:
         """The (padded) MP4, whole or one ``Range``, streamed chunk by chunk."""
         path, total = await self.output_file(job)
         start, stop, status = 0, total, 200
-        byte_range = _parse_range(request.headers.get("range"), total) if ranged else None
-        if byte_range:
-            (start, stop), status = byte_range, 206
+        wanted = _satisfiable_range(request.headers.get("range"), total) if ranged else None
+        if wanted:
+            (start, stop), status = wanted, 206
             headers["content-range"] = f"bytes {start}-{stop - 1}/{total}"
         headers.update({"content-length": str(stop - start), "accept-ranges": "bytes"})
         if request.method == "HEAD":
@@ -311,18 +311,13 @@ def _decode_data_url(url: Any) -> tuple[str, bytes]:
         raise Refusal(400, "data_urls: each item must be a data:<mime>;base64,<data> URL") from None
 
 
-def _parse_range(header: str | None, total: int) -> tuple[int, int] | None:
+def _satisfiable_range(header: str | None, total: int) -> tuple[int, int] | None:
     """``[start, stop)`` of a single ``bytes=`` range; None to serve it all; 416 when it cannot be satisfied."""
-    match = _RANGE.match(header.strip()) if header else None
-    if match is None or not (match["start"] or match["end"]):
-        return None
-    if not match["start"]:
-        start, stop = max(0, total - int(match["end"])), total
-    else:
-        start, stop = int(match["start"]), min(total, int(match["end"]) + 1 if match["end"] else total)
-    if start >= total or start >= stop:
-        raise Refusal(416, f"Range {header} is outside the {total}-byte file", {"content-range": f"bytes */{total}"})
-    return start, stop
+    try:
+        return byte_range(header, total)
+    except RangeNotSatisfiable:
+        unsatisfiable = {"content-range": f"bytes */{total}"}
+        raise Refusal(416, f"Range {header} is outside the {total}-byte file", unsatisfiable) from None
 
 
 def _base_url(request: Request) -> str:

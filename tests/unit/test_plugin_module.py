@@ -10,8 +10,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from sora2_provider._http_range import RangeNotSatisfiable, byte_range
 from sora2_provider.links import video_tab_url
-from sora2_provider.plugins.media import RangeNotSatisfiable, byte_range, same_location, verified_uri
+from sora2_provider.plugins.media import same_location, verified_uri
 from sora2_provider.plugins.records import BadIdentity, Generation, Identity
 from sora2_provider.plugins.sora2 import VIDEO_TAB_HREF, Sora2Plugin
 
