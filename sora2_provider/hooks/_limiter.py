@@ -4,9 +4,13 @@ Segmind counts an account's calls in fixed windows and answers 429 with ``x-rate
 window's allowance is spent. The budget learns from those answers: a refusal closes it until the reset time,
 and the number of calls that went through in the window before the refusal becomes the allowance of the
 next windows. After a reset at most that many calls go out; then one call probes for the next reset while
-the others wait (a probe that passes shows the window had room: counting starts again). Waiting is the
-caller's: :meth:`CallBudget.wait` sleeps (worker side), :meth:`CallBudget.await_turn` awaits ``asyncio.sleep``
-(a trigger's coroutine, so no executor thread is held while it waits).
+the others wait (a probe that passes shows the window had room: counting starts again). Two refusals of
+different windows also tell the window's length (the gap between their reset times, at most
+:data:`MAX_WINDOW`). From then on no probe is sent: once the allowance is spent, the budget closes itself
+until one window after the first answer to a call of this window (the window had begun by then).
+
+Waiting is the caller's: :meth:`CallBudget.wait` sleeps (worker side), :meth:`CallBudget.await_turn` awaits
+``asyncio.sleep`` (a trigger's coroutine, so no executor thread is held while it waits).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ PROBE_WAIT = 0.05
 DEFAULT_CLOSE = 1.0
 #: Added to the reset time, against clock granularity between Segmind and this host.
 RESET_MARGIN = 0.1
+#: The longest window the budget assumes: Segmind's limits are calls a minute. A longer gap between two reset
+#: times (windows without a refusal between them) does not count as one window.
+MAX_WINDOW = 60.0
 
 
 class BudgetClosed(Exception):
@@ -40,9 +47,15 @@ class CallBudget:
         self._clock = clock
         self._lock = threading.Lock()
         self._closed_until = 0.0
+        self._refused_until = 0.0  # the part of the closure a 429 asked for
         self._allowance: int | None = None  # calls per window, learned from the first refusal
-        self._sent = 0  # calls let out since the window opened
+        self._window: float | None = None  # seconds, learned from the reset times of two refusals
+        self._last_reset: float | None = None
+        self._count_since = 0.0  # calls sent since then are counted: the window they fall in began no earlier
+        self._sent = 0  # calls let out since the count began
         self._passed = 0  # of those, answered without a 429
+        self._late_passed = 0  # the same for the last count, its late answers included
+        self._opened_at: float | None = None  # when the first of them was answered: their window had begun
         self._probe_out = False
         self.refusals = 0
         self.waited_seconds = 0.0
@@ -51,13 +64,32 @@ class CallBudget:
     def allowance(self) -> int | None:
         return self._allowance
 
+    @property
+    def window(self) -> float | None:
+        """The window's length in seconds, once two refusals told it."""
+        return self._window
+
+    def now(self) -> float:
+        """This budget's clock (epoch seconds): what a caller passes to :meth:`record` as the time it sent."""
+        return self._clock()
+
     def reserve(self) -> float:
         """Take a turn now (0.0) or learn how many seconds to wait before asking again."""
         with self._lock:
             now = self._clock()
             if now < self._closed_until:
                 return self._closed_until - now
+            window_ends = self._window_ends()
+            if window_ends is not None and now >= window_ends:
+                self._start_count(now)  # the window of the calls counted so far is over
+                window_ends = None
             if self._allowance is not None and self._sent >= self._allowance:
+                if window_ends is not None:  # spent: wait for the next window rather than be refused
+                    self._closed_until = window_ends
+                    self._start_count(window_ends)
+                    return window_ends - now
+                if self._window is not None and now < self._count_since + self._window:
+                    return PROBE_WAIT  # spent, and no answer has told when this window began yet
                 if self._probe_out:
                     return PROBE_WAIT
                 self._probe_out = True  # this call finds out when the next window opens
@@ -67,30 +99,61 @@ class CallBudget:
     def is_closed(self) -> bool:
         """Whether a refusal closed the budget until a reset that has not come yet."""
         with self._lock:
-            return self._clock() < self._closed_until
+            return self._clock() < self._refused_until
 
     def count(self) -> None:
         """A call made without waiting (its caller awaited its turn for the first of several)."""
         with self._lock:
             self._sent += 1
 
-    def record(self, refused: bool, reset_at: float | None = None) -> None:
-        """Feed an answer: ``refused`` for a 429, with its reset time (epoch seconds) when it had one."""
+    def record(self, refused: bool, reset_at: float | None = None, sent_at: float | None = None) -> None:
+        """Feed an answer: ``refused`` for a 429, with its reset time (epoch seconds) when it had one; ``sent_at``:
+        when the call went out (:meth:`now`)."""
         with self._lock:
+            late = sent_at is not None and sent_at < self._count_since  # an answer to a call of the last count
             if not refused:
-                self._passed += 1
+                if late:
+                    self._late_passed += 1
+                    if self._allowance is not None:  # that window let more through than counted when it closed
+                        self._allowance = max(self._allowance, self._late_passed)
+                else:
+                    self._passed += 1
+                    if self._opened_at is None and sent_at is not None:
+                        self._opened_at = self._clock()
                 if self._probe_out:  # the window had room after all: a new one may have begun
                     self._probe_out = False
                     self._sent = 0
                 return
             self.refusals += 1
-            if self._passed:
-                self._allowance = max(self._allowance or 0, self._passed)
+            passed = self._late_passed if late else self._passed
+            if passed:
+                self._allowance = max(self._allowance or 0, passed)
+            if reset_at:
+                self._learn_window(reset_at)
             reopen = (reset_at + RESET_MARGIN) if reset_at else self._clock() + DEFAULT_CLOSE
+            self._refused_until = max(self._refused_until, reopen)
             if reopen > self._closed_until:
                 self._closed_until = reopen
-                self._sent = self._passed = 0
+                self._start_count(reopen)
             self._probe_out = False
+
+    def _window_ends(self) -> float | None:
+        """When the window of the calls counted so far ends at the latest: it had begun by the first answer."""
+        if self._window is None or self._opened_at is None:
+            return None
+        return self._opened_at + self._window + RESET_MARGIN
+
+    def _start_count(self, since: float) -> None:
+        self._count_since = since
+        self._late_passed = self._passed
+        self._sent = self._passed = 0
+        self._opened_at = None
+
+    def _learn_window(self, reset_at: float) -> None:
+        if self._last_reset is not None and 0.001 < reset_at - self._last_reset <= MAX_WINDOW:
+            self._window = min(self._window or MAX_WINDOW, reset_at - self._last_reset)
+        if self._last_reset is None or reset_at > self._last_reset:
+            self._last_reset = reset_at
 
     def wait(self) -> None:
         """Block this thread until a turn is free (worker-side calls)."""

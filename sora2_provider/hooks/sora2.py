@@ -287,14 +287,14 @@ class Sora2Hook(AsyncMixin, HistoryMixin, TransferMixin, BaseHook):
         session = self.get_conn()
         if keyed:
             self._take_turn()
-        started = time.monotonic()
+        started, sent_at = time.monotonic(), self.budget.now()
         try:
             response = session.request(method, url, **kwargs)
         except requests.RequestException as err:
             raise self._transport_error(err, what, paid) from err
         if keyed:
             reset = parse_timestamp(response.headers.get("x-rate-limit-reset-at-utc"))
-            self.budget.record(response.status_code == 429, reset.timestamp() if reset else None)
+            self.budget.record(response.status_code == 429, reset.timestamp() if reset else None, sent_at)
         self.log.debug("%s %s -> HTTP %s in %.2f s", method, url, response.status_code, time.monotonic() - started)
         if response.status_code < 400 or (
             failed_is_payload and response.status_code == 422 and is_failed_body(response)
