@@ -41,6 +41,8 @@ def airflow_cluster(e2e_emulator: Any, s3_server: str) -> Iterator[E2ECluster]:
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
         AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME="0.2",
+        # How often the scheduler resolves timed-out waits (a review without an answer): 15 s by default.
+        AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL="2",
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
         AIRFLOW_CONN_SORA2_DEFAULT=connection_json(e2e_emulator.url),
         AIRFLOW_CONN_AWS_DEFAULT=json.dumps(aws),

@@ -33,7 +33,7 @@ import boto3
 import pytest
 import requests
 
-from tests.e2e.support import POLL_INTERVAL, S3_BUCKET, AirflowCluster
+from tests.e2e.support import EXAMPLE_DAGS, POLL_INTERVAL, S3_BUCKET, AirflowCluster
 from tests.support import TEST_API_KEY, peak_overlap, probe_mp4, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -330,8 +330,8 @@ class Reviews:
     published_before_answers: list[str]
 
 
-def hitl_path(run_id: str) -> str:
-    return f"/dags/{REVIEW}/dagRuns/{run_id}/taskInstances/review_video/-1/hitlDetails"
+def hitl_path(run_id: str, dag_id: str = REVIEW) -> str:
+    return f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/review_video/-1/hitlDetails"
 
 
 def published_files(cluster: AirflowCluster) -> list[str]:
@@ -463,6 +463,34 @@ def test_a_rejected_video_ends_the_run_without_publishing(
     approved = published_uri(airflow_cluster, review_runs.run_ids["Approve"])
     root = airflow_cluster.output_root / "published"
     assert published_files(airflow_cluster) == [str(approved.relative_to(root))], "only the approved video, whole"
+
+
+def test_an_unanswered_review_is_a_rejection(airflow_cluster: AirflowCluster, review_runs: Reviews) -> None:
+    """No answer within the response timeout: Airflow answers the request's default, Reject, and nothing is
+    published. The example's three days become 8 s in a copy of the DAG (Airflow 3.3's timeout sweep)."""
+    dag_id = f"{REVIEW}_timeout"
+    source = (EXAMPLE_DAGS / f"{REVIEW}.py").read_text()
+    for old, new in {"timedelta(days=3)": "timedelta(seconds=8)", f'dag_id="{REVIEW}"': f'dag_id="{dag_id}"'}.items():
+        assert old in source, old
+        source = source.replace(old, new)
+    airflow_cluster.write_dag(f"{dag_id}.py", source)
+    wait_for(f"{dag_id} parsed", lambda: airflow_cluster.dags_parsed({dag_id}), timeout=120)
+    published_before = published_files(airflow_cluster)
+
+    run_id = airflow_cluster.trigger(dag_id, None, prompt="A lighthouse in a storm, nobody watching")
+    assert airflow_cluster.wait_for_runs({dag_id: run_id}, timeout=RUN_DEADLINE)[dag_id] == "success"
+
+    tis = airflow_cluster.task_instances(dag_id, run_id)
+    assert {task: ti["state"] for task, ti in tis.items()} == {
+        "generate_video": "success",
+        "review_video": "success",
+        "publish_video": "skipped",
+    }
+    if tis["review_video"]["try_number"] > 1:  # the sweep resumed it before the scheduler saw it park
+        assert airflow_cluster.defer_races(dag_id, run_id, task_id="review_video") >= 1
+    answered = airflow_cluster.api("GET", hitl_path(run_id, dag_id))
+    assert answered["chosen_options"] == ["Reject"] and answered["responded_by_user"] is None, answered
+    assert published_files(airflow_cluster) == published_before
 
 
 # ---------------------------------------------------------------------------------------------- hygiene
