@@ -6,8 +6,10 @@ and the number of calls that went through in the window before the refusal becom
 next windows. After a reset at most that many calls go out; then one call probes for the next reset while
 the others wait (a probe that passes shows the window had room: counting starts again). Two refusals of
 different windows also tell the window's length (the gap between their reset times, at most
-:data:`MAX_WINDOW`). From then on no probe is sent: once the allowance is spent, the budget closes itself
-until one window after the first answer to a call of this window (the window had begun by then).
+:data:`MAX_WINDOW`). From then on, once the allowance is spent, the budget closes itself until one window after
+the first answer to a call of this window (the window had begun by then), and probes only after
+:data:`GROW_AFTER` such windows without a refusal: a probe that passes raises the allowance by one (the first
+refusal may have come while other processes shared the window), one that is refused closes the budget as usual.
 
 Waiting is the caller's: :meth:`CallBudget.wait` sleeps (worker side), :meth:`CallBudget.await_turn` awaits
 ``asyncio.sleep`` (a trigger's coroutine, so no executor thread is held while it waits).
@@ -33,6 +35,8 @@ RESET_MARGIN = 0.1
 #: The longest window the budget assumes: Segmind's limits are calls a minute. A longer gap between two reset
 #: times (windows without a refusal between them) does not count as one window.
 MAX_WINDOW = 60.0
+#: Windows the budget closes by itself, without a refusal, before it probes whether the allowance is larger.
+GROW_AFTER = 4
 
 
 class BudgetClosed(Exception):
@@ -57,6 +61,7 @@ class CallBudget:
         self._late_passed = 0  # the same for the last count, its late answers included
         self._opened_at: float | None = None  # when the first of them was answered: their window had begun
         self._probe_out = False
+        self._quiet_windows = 0  # windows closed by the count since the last refusal or probe
         self.refusals = 0
         self.waited_seconds = 0.0
 
@@ -84,11 +89,12 @@ class CallBudget:
                 self._start_count(now)  # the window of the calls counted so far is over
                 window_ends = None
             if self._allowance is not None and self._sent >= self._allowance:
-                if window_ends is not None:  # spent: wait for the next window rather than be refused
+                if window_ends is not None and self._quiet_windows < GROW_AFTER:
+                    self._quiet_windows += 1  # spent: wait for the next window rather than be refused
                     self._closed_until = window_ends
                     self._start_count(window_ends)
                     return window_ends - now
-                if self._window is not None and now < self._count_since + self._window:
+                if window_ends is None and self._window is not None and now < self._count_since + self._window:
                     return PROBE_WAIT  # spent, and no answer has told when this window began yet
                 if self._probe_out:
                     return PROBE_WAIT
@@ -120,9 +126,12 @@ class CallBudget:
                     self._passed += 1
                     if self._opened_at is None and sent_at is not None:
                         self._opened_at = self._clock()
-                if self._probe_out:  # the window had room after all: a new one may have begun
+                if self._probe_out:
                     self._probe_out = False
-                    self._sent = 0
+                    if self._window is None:  # the window had room after all: a new one may have begun
+                        self._sent = 0
+                    elif self._allowance is not None and not late:  # it had room for one more: probe again
+                        self._allowance += 1
                 return
             self.refusals += 1
             passed = self._late_passed if late else self._passed
@@ -132,6 +141,7 @@ class CallBudget:
                 self._learn_window(reset_at)
             reopen = (reset_at + RESET_MARGIN) if reset_at else self._clock() + DEFAULT_CLOSE
             self._refused_until = max(self._refused_until, reopen)
+            self._quiet_windows = 0
             if reopen > self._closed_until:
                 self._closed_until = reopen
                 self._start_count(reopen)

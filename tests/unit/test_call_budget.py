@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sora2_provider.hooks._limiter import MAX_WINDOW, PROBE_WAIT, RESET_MARGIN, CallBudget
+from sora2_provider.hooks._limiter import GROW_AFTER, MAX_WINDOW, PROBE_WAIT, RESET_MARGIN, CallBudget
 from tests.support import TEST_API_KEY, connection_json
 
 
@@ -135,6 +135,33 @@ def test_without_answers_for_a_whole_window_one_probe_goes_out(clock):
     clock.now += budget.window
     assert budget.reserve() == 0.0
     assert budget.reserve() == PROBE_WAIT
+
+
+def quiet_window(budget: CallBudget, clock: Clock) -> None:
+    """The allowance spent at once, then the wait the budget asks for until the next window."""
+    spend(budget, budget.allowance or 0)
+    wait = budget.reserve()
+    assert wait > 0
+    clock.now += wait
+
+
+def test_after_quiet_windows_probes_find_a_larger_allowance(clock):
+    """An allowance learned while other callers shared the window is too small: every GROW_AFTER windows without
+    a refusal, probes go out until one is refused, each passing one adding a call to the allowance."""
+    budget = learned(clock)
+    for _ in range(GROW_AFTER):
+        quiet_window(budget, clock)
+    spend(budget, 5)
+    for allowance in (6, 7):
+        assert budget.reserve() == 0.0  # a probe
+        budget.record(refused=False, sent_at=budget.now())
+        assert budget.allowance == allowance
+    assert budget.reserve() == 0.0
+    budget.record(refused=True, reset_at=clock.now + 20, sent_at=budget.now())
+    assert budget.allowance == 7 and budget.refusals == 3
+    clock.now += 20 + RESET_MARGIN
+    quiet_window(budget, clock)  # and the count of quiet windows starts again
+    assert budget.refusals == 3
 
 
 def test_reset_times_further_apart_than_a_minute_are_not_one_window(clock):
