@@ -27,7 +27,7 @@ from tests.support import dag_bag
 bag = dag_bag(sys.argv[1])
 assert not bag.import_errors, bag.import_errors
 run = bag.get_dag(sys.argv[2]).test()
-print("DAGRUN_STATE", run.state)
+print(f"DAGRUN_STATE {run.state}\\n", end="", flush=True)  # one write: a lineage thread may log meanwhile
 """
 
 DAG = """

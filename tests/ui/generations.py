@@ -124,7 +124,7 @@ RUN_DAGS = textwrap.dedent('''
     assert not bag.import_errors, bag.import_errors
     for dag_id in sys.argv[2:]:
         run = bag.get_dag(dag_id).test()
-        print("RUN", dag_id, run.run_id, run.state, flush=True)
+        print(f"RUN {dag_id} {run.run_id} {run.state}\\n", end="", flush=True)  # one write per line
 ''')
 
 #: Creates roles and users through FAB's security manager, in one process (each ``airflow users`` CLI call would
