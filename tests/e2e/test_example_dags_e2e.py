@@ -19,6 +19,7 @@ Signals used:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -124,6 +125,9 @@ def assert_deferred(cluster: AirflowCluster, dag_id: str, run_id: str, request_i
     deferred = _index(worker, "Pausing task as DEFERRED")
     stored = _index(worker, "Stored ")
     assert 0 <= deferred < stored, f"expected deferral, then the resumed task storing the video: {worker}"
+    # The triggerer writes "trigger completed" after the event it fired: the resumed task may be done before that.
+    with contextlib.suppress(TimeoutError):
+        wait_for("the trigger's last log line", lambda: _events(trigger_logs[0])[-1:] == ["trigger completed"], 30)
     trigger = _events(trigger_logs[0])
     assert any(request_id in event and "ended: completed" in event for event in trigger), trigger
     assert trigger[-1] == "trigger completed", trigger
