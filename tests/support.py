@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -137,3 +139,34 @@ def _epoch(value: Any) -> float:
         return float(value)
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
+
+
+@dataclass
+class Heartbeat:
+    """What a 10 ms heartbeat beside a coroutine saw: its result, the longest gap between ticks, the ticks."""
+
+    result: Any
+    longest_gap: float
+    ticks: int
+
+
+async def with_heartbeat(coroutine: Any, tick: float = 0.01) -> Heartbeat:
+    """Run ``coroutine`` beside a heartbeat ticking every ``tick`` s: a blocked event loop shows as a long gap.
+
+    Tests assert a gap well under the blocking call's length, not near the tick: a loaded machine delays ticks."""
+    gaps: list[float] = []
+
+    async def heartbeat() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        result = await coroutine
+    finally:
+        beat.cancel()
+    return Heartbeat(result, max(gaps, default=0.0), len(gaps))

@@ -13,8 +13,8 @@ from sora2_provider.hooks.sora2 import Sora2Hook
 from sora2_provider.models import VideoRequest
 from sora2_provider.triggers._watcher import HistoryWatcher
 from sora2_provider.triggers.sora2 import Sora2JobTrigger
-from tests.operator.test_job_trigger import first_event, with_heartbeat
-from tests.support import TEST_API_KEY, connection_json
+from tests.operator.test_job_trigger import first_event
+from tests.support import TEST_API_KEY, connection_json, with_heartbeat
 
 POLL = 0.05
 
@@ -137,11 +137,12 @@ def test_fifty_calls_held_by_the_rate_limit_wait_in_the_loop_without_holding_thr
             probe = await asyncio.to_thread(lambda: sum(not p.done() for p in pending))
             return probe, await asyncio.gather(*pending)
 
-        (waiting_when_probed, statuses), longest_gap = asyncio.run(with_heartbeat(scenario()))
+        beat = asyncio.run(with_heartbeat(scenario()))
+        waiting_when_probed, statuses = beat.result
 
     assert waiting_when_probed == 50, "the thread work ran while all 50 calls were waiting for the reset"
     assert len(statuses) == 50 and {s.request_id for s in statuses} == {request_id}
-    assert longest_gap < 1.0, "the loop kept ticking through the 5 s rate-limit wait"
+    assert beat.longest_gap < 1.0, "the loop kept ticking through the 5 s rate-limit wait"
     refused = [e for e in emulator.request_log if e["status"] == 429]
     assert 1 <= len(refused) <= 6, f"only calls already in flight may be refused, not {len(refused)}"
     assert hook.budget.allowance == 50

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sora2_provider.hooks.sora2 import Sora2Hook
 from sora2_provider.models import VideoRequest
@@ -67,18 +67,23 @@ def test_a_kind_seen_complete_is_read_once_when_it_can_be_done(sora2_conn):
 
 
 def test_jobs_due_close_together_share_one_read(monkeypatch):
-    """Renders of 3 s, learned: of two jobs submitted 0.2 s apart (four poll intervals), the first is due before
-    the second is done; it waits for the second (due within a tenth of a render time), one read completes both."""
+    """Renders of 3 s, learned: of two jobs recorded as submitted 0.2 s apart (four poll intervals), the first is due
+    before the second is done; it waits for the second (due within a tenth of a render time), one read completes
+    both.
+
+    The first job's recorded submit time is set 0.2 s before the second's, whatever the two submits took: a gap
+    taken from the wall clock grows past the 0.3 s window on a loaded machine (CI saw 1.2 s). Both jobs were
+    created by the emulator before the second's recorded time, so both are done at its due time."""
     from sora2_provider.testing.emulator import Sora2Emulator
 
     with Sora2Emulator(time_scale=3.0 / 180, api_keys={TEST_API_KEY: 100.0}) as emulator:
         monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(emulator.url))
         RENDER_TIMES.learn(KIND, 3.0)
-        emulator.add_fault("submit_v2", "slow", on_call=2, delay=0.2)  # the second job starts 0.2 s later
-        jobs = [submit(), submit()]
+        (first_id, _), second = submit(), submit()
+        recorded_first = datetime.fromisoformat(second[1]) - timedelta(seconds=0.2)
         start = len(emulator.request_log)
 
-        events = wait_for(*jobs)
+        events = wait_for((first_id, recorded_first.isoformat()), second)
 
         assert [e["status"] for e in events] == ["completed", "completed"]
         assert calls_since(emulator, start) == Counter(history=1)
