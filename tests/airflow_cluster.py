@@ -30,7 +30,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -443,20 +443,21 @@ class AirflowCluster:
         body = {"logical_date": logical_date, "conf": conf}
         return self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
 
-    def wait_for_runs(self, runs: dict[str, str], timeout: float) -> dict[str, str]:
-        """Wait until every ``dag_id -> run_id`` is finished; return their states."""
+    def wait_for_runs(self, runs: Mapping[str, str], timeout: float, dag_id: str | None = None) -> dict[str, str]:
+        """Wait until every run of ``runs`` is finished; return their states by the same keys. ``runs`` maps a DAG
+        id to its run id, or any key to a run id of ``dag_id`` (several runs of one DAG)."""
         states: dict[str, str] = {}
 
         def finished() -> bool:
             self.check_alive()
-            for dag_id, run_id in runs.items():
-                states[dag_id] = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            for key, run_id in runs.items():
+                states[key] = self.api("GET", f"/dags/{dag_id or key}/dagRuns/{run_id}")["state"]
             return all(state in ("success", "failed") for state in states.values())
 
         try:
-            wait_for(f"runs {runs}", finished, timeout)
+            wait_for(f"runs {dict(runs)}", finished, timeout)
         except TimeoutError as err:
-            raise AssertionError(f"{err}; states: {states}\n{self.diagnose(runs)}") from None
+            raise AssertionError(f"{err}; states: {states}\n{self.diagnose(runs, dag_id)}") from None
         return states
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
@@ -491,26 +492,26 @@ class AirflowCluster:
         """How often the scheduler hit Airflow's defer race (see AIRFLOW_DEFER_RACE) for this task instance."""
         mapped = f" map_index={map_index} " if map_index >= 0 else " "
         ti = f"<TaskInstance: {dag_id}.{task_id} {run_id}{mapped}"
-        path = self.log_dir / "scheduler.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return sum(1 for line in text.splitlines() if AIRFLOW_DEFER_RACE in line and ti in line)
+        return sum(1 for line in self._scheduler_log_lines() if AIRFLOW_DEFER_RACE in line and ti in line)
 
     def exit_processed(self, dag_id: str, run_id: str, task_id: str, state: str) -> bool:
         """Whether the scheduler has processed the executor's report of a try that ended in ``state`` (e.g. a task
         parked in ``awaiting_input``). Resuming such a task before that hits AIRFLOW_DEFER_RACE."""
         finished = f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id}, "
-        path = self.log_dir / "scheduler.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return any(finished in line and f", state={state}," in line for line in text.splitlines())
+        return any(finished in line and f", state={state}," in line for line in self._scheduler_log_lines())
 
-    def diagnose(self, runs: dict[str, str]) -> str:
-        """Task states and log tails, to explain a run that did not finish."""
+    def _scheduler_log_lines(self) -> list[str]:
+        path = self.log_dir / "scheduler.log"
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+    def diagnose(self, runs: Mapping[str, str], dag_id: str | None = None) -> str:
+        """Task states and log tails, to explain a run that did not finish (``runs`` as in :meth:`wait_for_runs`)."""
         parts = []
-        for dag_id, run_id in runs.items():
+        for key, run_id in runs.items():
             with contextlib.suppress(requests.RequestException):
-                tis = self.task_instances(dag_id, run_id)
+                tis = self.task_instances(dag_id or key, run_id)
                 states = {k: (ti["state"], ti["try_number"], ti["hostname"]) for k, ti in tis.items()}
-                parts.append(f"{dag_id} {run_id} (state, try, host): {states}")
+                parts.append(f"{dag_id or key} {run_id} (state, try, host): {states}")
         for name in self.processes.started:
             parts.append(f"--- {name} (last lines)\n{self.log_tail(name, 15)}")
         return "\n".join(parts)

@@ -117,35 +117,41 @@ class CallBudget:
         when the call went out (:meth:`now`)."""
         with self._lock:
             late = sent_at is not None and sent_at < self._count_since  # an answer to a call of the last count
-            if not refused:
-                if late:
-                    self._late_passed += 1
-                    if self._allowance is not None:  # that window let more through than counted when it closed
-                        self._allowance = max(self._allowance, self._late_passed)
-                else:
-                    self._passed += 1
-                    if self._opened_at is None and sent_at is not None:
-                        self._opened_at = self._clock()
-                if self._probe_out:
-                    self._probe_out = False
-                    if self._window is None:  # the window had room after all: a new one may have begun
-                        self._sent = 0
-                    elif self._allowance is not None and not late:  # it had room for one more: probe again
-                        self._allowance += 1
-                return
-            self.refusals += 1
-            passed = self._late_passed if late else self._passed
-            if passed:
-                self._allowance = max(self._allowance or 0, passed)
-            if reset_at:
-                self._learn_window(reset_at)
-            reopen = (reset_at + RESET_MARGIN) if reset_at else self._clock() + DEFAULT_CLOSE
-            self._refused_until = max(self._refused_until, reopen)
-            self._quiet_windows = 0
-            if reopen > self._closed_until:
-                self._closed_until = reopen
-                self._start_count(reopen)
+            if refused:
+                self._record_refusal(late, reset_at)
+            else:
+                self._record_pass(late, sent_at)
+
+    def _record_pass(self, late: bool, sent_at: float | None) -> None:
+        if late:
+            self._late_passed += 1
+            if self._allowance is not None:  # that window let more through than counted when it closed
+                self._allowance = max(self._allowance, self._late_passed)
+        else:
+            self._passed += 1
+            if self._opened_at is None and sent_at is not None:
+                self._opened_at = self._clock()
+        if self._probe_out:
             self._probe_out = False
+            if self._window is None:  # the window had room after all: a new one may have begun
+                self._sent = 0
+            elif self._allowance is not None and not late:  # it had room for one more: probe again
+                self._allowance += 1
+
+    def _record_refusal(self, late: bool, reset_at: float | None) -> None:
+        self.refusals += 1
+        passed = self._late_passed if late else self._passed
+        if passed:
+            self._allowance = max(self._allowance or 0, passed)
+        if reset_at:
+            self._learn_window(reset_at)
+        reopen = (reset_at + RESET_MARGIN) if reset_at else self._clock() + DEFAULT_CLOSE
+        self._refused_until = max(self._refused_until, reopen)
+        self._quiet_windows = 0
+        if reopen > self._closed_until:
+            self._closed_until = reopen
+            self._start_count(reopen)
+        self._probe_out = False
 
     def _window_ends(self) -> float | None:
         """When the window of the calls counted so far ends at the latest: it had begun by the first answer."""

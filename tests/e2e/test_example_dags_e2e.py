@@ -376,19 +376,7 @@ def review_runs(airflow_cluster: AirflowCluster) -> Reviews:
     for answer, run_id in run_ids.items():
         response = airflow_cluster.api("PATCH", hitl_path(run_id), json={"chosen_options": [answer]})
         assert response["chosen_options"] == [answer], response
-    states: dict[str, str] = {}
-
-    def finished() -> bool:
-        airflow_cluster.check_alive()
-        for answer, run_id in run_ids.items():
-            states[answer] = airflow_cluster.api("GET", f"/dags/{REVIEW}/dagRuns/{run_id}")["state"]
-        return all(state in ("success", "failed") for state in states.values())
-
-    try:
-        wait_for(f"the answered {REVIEW} runs", finished, RUN_DEADLINE)
-    except TimeoutError as err:
-        reports = "\n".join(airflow_cluster.diagnose({REVIEW: run_id}) for run_id in run_ids.values())
-        raise AssertionError(f"{err}; states: {states}\n{reports}") from None
+    states = airflow_cluster.wait_for_runs(run_ids, RUN_DEADLINE, dag_id=REVIEW)
     print(f"{REVIEW}: {states} in {time.monotonic() - started:.0f} s (both runs, the review answers included)")
     return Reviews(run_ids, states, requests_seen, published_before)
 
