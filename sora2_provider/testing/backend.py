@@ -226,6 +226,15 @@ class EmulatorState:
             if window.calls > self.rate_limit_rpm:
                 raise Refusal(429, "Rate limit exceeded", rate_limit_headers(window.started + self.rate_limit_window))
 
+    def set_rate_window(self, api_key: str, calls: int, ends_in: float) -> None:
+        """Make the key's current rate-limit window hold ``calls`` keyed calls and end ``ends_in`` s from now."""
+        if self.rate_limit_rpm is None:
+            raise ValueError("set_rate_window: this emulator has no rate limit (start it with rate_limit_rpm)")
+        if calls < 0 or not 0 < ends_in <= self.rate_limit_window:
+            raise ValueError(f"set_rate_window: calls must be >= 0 and ends_in in (0, {self.rate_limit_window}]")
+        with self.lock:
+            self.windows[api_key] = _Window(started=time.time() + ends_in - self.rate_limit_window, calls=calls)
+
     def set_balance(self, api_key: str, credits: float | None, free_credits: float | None = None) -> None:
         with self.lock:
             previous = self.accounts.get(api_key)

@@ -141,6 +141,12 @@ class Sora2Emulator:
         account = self._state.balance(api_key)
         return {"credits": account.credits, "free_credits": account.free_credits}
 
+    def set_rate_window(self, api_key: str, calls: int, ends_in: float) -> None:
+        """Make the current rate-limit window of ``api_key`` hold ``calls`` keyed calls and end ``ends_in`` seconds
+        from now (at most ``rate_limit_window``): a test spends a window at its own pace, however long that takes
+        on a busy machine, then gives it a known end."""
+        self._state.set_rate_window(api_key, calls, ends_in)
+
     def set_model_state(self, model: str, state: str) -> None:
         """Make ``model`` ``available``, ``retired`` (410) or ``forbidden`` (403); any slug may be given."""
         self._state.set_model_state(model, state)

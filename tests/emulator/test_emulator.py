@@ -450,6 +450,22 @@ def test_the_rate_limit_answers_429_with_the_reset_time_then_recovers(make_emula
     wait_for(lambda: api.get("/v1/get-user-credits").status_code == 200, timeout=5, what="window reset")
 
 
+def test_a_rate_window_set_by_the_test_holds_its_calls_and_ends_when_told(make_emulator: Any, api_for: Any) -> None:
+    emulator = make_emulator(rate_limit_rpm=3, rate_limit_window=60.0, api_keys={"SG_a": 10.0})
+    api = api_for(emulator, "SG_a")
+    assert api.get("/v1/get-user-credits").status_code == 200
+    emulator.set_rate_window("SG_a", calls=2, ends_in=0.5)
+    assert api.get("/v1/get-user-credits").status_code == 200  # the third call of the window
+    told = datetime.now(timezone.utc)
+    limited = api.get("/v1/get-user-credits")
+    reset_at = datetime.fromisoformat(limited.headers["x-rate-limit-reset-at-utc"].replace("Z", "+00:00"))
+    assert limited.status_code == 429 and reset_at <= told + timedelta(seconds=0.5)
+    with pytest.raises(ValueError, match="ends_in"):
+        emulator.set_rate_window("SG_a", calls=3, ends_in=61.0)
+    with pytest.raises(ValueError, match="no rate limit"):
+        make_emulator().set_rate_window("SG_a", calls=3, ends_in=1.0)
+
+
 @pytest.mark.parametrize(("status", "html"), [(500, False), (502, True), (503, False), (504, True),
                                               (400, False), (403, False), (410, False), (422, False)])
 def test_status_faults_answer_the_contract_shape(api: Any, emu: Sora2Emulator, status: int, html: bool) -> None:

@@ -112,7 +112,8 @@ def test_cancelled_triggers_leave_the_others_waiting_and_the_last_one_stops_the_
 @contextlib.contextmanager
 def spent_window(monkeypatch, calls: int, seconds: float):
     """An emulator allowing ``calls`` keyed calls per ``seconds``, the current window already spent by a submit and
-    credits calls; yields it, the connection's hook and the submitted job's request id."""
+    credits calls (the emulator is told they were one window ending ``seconds`` from now, however long they took
+    on a busy machine); yields it, the connection's hook and the submitted job's request id."""
     from sora2_provider.testing.emulator import Sora2Emulator
 
     with Sora2Emulator(
@@ -123,6 +124,7 @@ def spent_window(monkeypatch, calls: int, seconds: float):
         request_id = submit_many(1)[0]
         for _ in range(calls - 1):
             hook.get_credits()
+        emulator.set_rate_window(TEST_API_KEY, calls, ends_in=seconds)
         yield emulator, hook, request_id
 
 
