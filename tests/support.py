@@ -140,10 +140,9 @@ def _epoch(value: Any) -> float:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-
 @dataclass
 class Heartbeat:
-    """What a 10 ms heartbeat beside a coroutine saw: its result, the longest gap between ticks, the ticks."""
+    """What a heartbeat beside a coroutine saw: its result, the longest gap between ticks, the ticks."""
 
     result: Any
     longest_gap: float
