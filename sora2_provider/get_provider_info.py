@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from sora2_provider.compat import PLUGIN_APPS
+
+#: The UI plugin; Airflow 2 serves no plugin FastAPI app, so it has none (see plugins/sora2.py).
+PLUGINS = [{"name": "sora2", "plugin-class": "sora2_provider.plugins.sora2.Sora2Plugin"}] if PLUGIN_APPS else []
+
 
 def get_provider_info() -> dict:
     return {
@@ -27,7 +32,7 @@ def get_provider_info() -> dict:
                 "python-modules": ["sora2_provider.triggers.sora2", "sora2_provider.triggers.credits"],
             }
         ],
-        "plugins": [{"name": "sora2", "plugin-class": "sora2_provider.plugins.sora2.Sora2Plugin"}],
+        "plugins": PLUGINS,
         "extra-links": ["sora2_provider.links.Sora2VideoLink", "sora2_provider.links.Sora2OutputLink"],
         "connection-types": [
             {

@@ -1,7 +1,8 @@
 """Operator extra links: the stored video, and Segmind's own output URL (downloadable for 7 days).
 
 Airflow 3 calls ``get_link`` on the worker when the task ends and stores the answer in XCom under
-``xcom_key``; the UI shows that stored value, but only when a browser can open it (http(s)), so an
+``xcom_key``; Airflow 2 calls it in the webserver on the deserialized operator, so there the link reads the
+task's returned XCom dict. The UI shows the value, but only when a browser can open it (http(s)), so an
 object-storage URI becomes its cloud console page (Azure: when the connection names the account's
 subscription and resource group). A ``file://`` video has no browser URL: the link
 stays empty and the location is in the XCom dict (``uri``).
@@ -15,11 +16,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
-from airflow.sdk import BaseOperatorLink
+from airflow.providers.common.compat.sdk import BaseOperatorLink
+
+from sora2_provider.compat import LINKS_STORED_BY_WORKER, returned_xcom
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseOperator
-    from airflow.sdk.types import TaskInstanceKey
+    from airflow.providers.common.compat.sdk import BaseOperator, TaskInstanceKey
 
 _CONSOLES = {
     "s3": "https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={key}",
@@ -71,7 +73,7 @@ def _azure_browser_url(parts: SplitResult) -> str:
     if not parts.username or not parts.hostname:
         return ""
     try:
-        from airflow.sdk import BaseHook
+        from airflow.providers.common.compat.sdk import BaseHook
 
         conn = BaseHook.get_connection(parts.username)
     except Exception:  # no such connection: no link, never a failed task
@@ -122,9 +124,15 @@ class Sora2VideoLink(BaseOperatorLink):
 
     name = "Stored video"
     attribute = "stored_video_uri"
+    #: The same value in the XCom dict the task returns (read on Airflow 2, see the module docstring).
+    xcom_field = "uri"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return browser_url(getattr(operator, self.attribute, None))
+        value = getattr(operator, self.attribute, None)
+        if value is None and not LINKS_STORED_BY_WORKER:
+            returned = returned_xcom(ti_key)
+            value = returned.get(self.xcom_field) if isinstance(returned, dict) else None
+        return browser_url(value)
 
 
 class Sora2OutputLink(Sora2VideoLink):
@@ -132,3 +140,4 @@ class Sora2OutputLink(Sora2VideoLink):
 
     name = "Segmind output"
     attribute = "segmind_output_url"
+    xcom_field = "source_url"

@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 from fsspec.implementations.local import LocalFileSystem, get_umask
 
 if TYPE_CHECKING:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 MP4_SIGNATURE = b"ftyp"
 READ_CHUNK = 1024 * 1024
@@ -26,7 +26,7 @@ def to_object_storage_path(value: Any, field_name: str = "output_path") -> Objec
 
     A bare path has no scheme and is refused: say ``file:///abs/path.mp4`` or ``s3://conn@bucket/key.mp4``.
     """
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     if isinstance(value, ObjectStoragePath):
         return value

@@ -12,6 +12,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from sora2_provider.compat import aget_connection, arun_airflow_call
 from sora2_provider.exceptions import Sora2RateLimitedError
 from sora2_provider.hooks._limiter import AWAITED_TURN, BudgetClosed
 from sora2_provider.models import HistoryRecord, JobResult, JobStatus
@@ -25,13 +26,15 @@ class AsyncMixin:
     async def aprepare(self: Any) -> None:
         """Everything the calls need from Airflow, done here on the event loop's thread: look the connection up
         (async API), read its extras and register the key's mask. The worker threads below then only use plain
-        values; on Airflow 3.1 a supervisor message from such a thread would take the whole triggerer down."""
+        values; on Airflow 3.1 a supervisor message from such a thread would take the whole triggerer down.
+        Before 3.1 both go through ``sync_to_async`` instead (:mod:`sora2_provider.compat`)."""
         if self._conn is None:
             try:
-                self._conn = await self.aget_connection(self.sora2_conn_id)
+                conn: Any = await aget_connection(self.sora2_conn_id)
+                self._conn = conn
             except Exception as err:
                 raise self._undefined(err) from None
-        self.get_conn()  # no I/O: builds the session, reads the extras, masks the key
+        await arun_airflow_call(self.get_conn)  # builds the session, reads the extras, masks the key
 
     async def _in_thread(self: Any, method: Any, *args: Any) -> Any:
         """``method(*args)`` in a worker thread, after waiting for a turn of the call budget in the event loop.

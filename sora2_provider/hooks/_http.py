@@ -133,7 +133,7 @@ def image_mime(data: bytes, name: str) -> str:
 
 def as_path(location: Any) -> Any:
     """An ``ObjectStoragePath`` for URLs (``s3://``, ``file://``...) and object-storage paths, else a local Path."""
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     if isinstance(location, ObjectStoragePath):
         return location

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import requests
 import tenacity
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 
 from sora2_provider.exceptions import (
     Sora2AuthError,
@@ -66,7 +66,7 @@ from sora2_provider.models import (
 )
 
 if TYPE_CHECKING:
-    from airflow.sdk import Connection
+    from airflow.providers.common.compat.sdk import Connection
 
 SEGMIND_API_URL = "https://api.segmind.com"
 SEGMIND_UPLOAD_URL = "https://workflows-api.segmind.com"
@@ -205,8 +205,6 @@ class Sora2Hook(AsyncMixin, HistoryMixin, TransferMixin, BaseHook):
         if not key:
             raise Sora2AuthError(f"connection {self.sora2_conn_id!r} has no API key: put the Segmind key in password")
         self.validate_connection()
-        from airflow.sdk.log import mask_secret
-
         mask_secret(key)
         self._secret = key
         session = KeySafeSession()

@@ -17,7 +17,7 @@ LOCAL_EXECUTORS = ("LocalExecutor", "SequentialExecutor", "DebugExecutor")
 ERROR_XCOM_KEY = "sora2_error"
 
 if TYPE_CHECKING:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     from sora2_provider.hooks.sora2 import Sora2Hook
     from sora2_provider.models import JobResult, VideoRequest
@@ -113,7 +113,7 @@ def check_image_path(value: Any) -> None:
 
 
 def output_uri(output_path: Any) -> str:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     if isinstance(output_path, ObjectStoragePath):
         conn = f"{output_path.conn_id}@" if output_path.conn_id else ""

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import BaseOperator
 
 from sora2_provider.compat import conf
 from sora2_provider.links import Sora2OutputLink, Sora2VideoLink
@@ -36,7 +36,7 @@ from sora2_provider.operators._job import (
 from sora2_provider.operators._pay_once import paid_call, resolve_job
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context, ObjectStoragePath
+    from airflow.providers.common.compat.sdk import Context, ObjectStoragePath
 
     from sora2_provider.hooks.sora2 import Sora2Hook
     from sora2_provider.models import VideoRequest
@@ -88,6 +88,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
     template_fields: Sequence[str] = ("prompt", "output_path", "model", "duration", "size", "input_reference")
     template_fields_renderers = {"prompt": "md"}
     operator_extra_links = (Sora2VideoLink(), Sora2OutputLink())
+    # A threading.Event cannot be deep-copied; Airflow deep-copies tasks (DAG.partial_subset, 3.0's dag.test).
+    shallow_copy_attrs: Sequence[str] = ("_stop_polling",)
     ui_color = "#f0e6ff"
 
     def __init__(
@@ -390,7 +392,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     def _publish(self, context: Context, xcom: dict[str, Any]) -> dict[str, Any]:
         """Set the extra links and the metadata of any Asset outlet, and return the XCom dict."""
-        from airflow.sdk import Asset
+        from airflow.providers.common.compat.sdk import Asset
 
         self.stored_video_uri = xcom["uri"]
         self.sora2_result = xcom  # read by get_openlineage_facets_on_complete

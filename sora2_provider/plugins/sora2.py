@@ -8,6 +8,10 @@ other process imports it.
 Registered twice, as Airflow's own providers do: the ``airflow.plugins`` entry point (what loads it with the default
 ``[core] lazy_discover_providers = True``) and the provider metadata's ``plugins`` list (read when providers are
 discovered eagerly; Airflow then skips the second registration with a warning).
+
+Where Airflow has the parts (:mod:`sora2_provider.compat`): 3.1+ the tab, the page and the app; 3.0 the app only (its
+pages open by URL and from the extra link); Airflow 2 serves no FastAPI app, so there is no plugin at all: the name
+``Sora2Plugin`` is None, which Airflow's plugin loader skips without an error.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from airflow.providers.common.compat.sdk import AirflowPlugin
 
 # The Video tab's address in the UI, ``/dags/{dag}/runs/{run}/tasks/{task}[/mapped/{index}]/plugin/sora2-video``, is
 # also made by links.video_tab_url (review requests link to it): one route name for both.
+from sora2_provider.compat import PLUGIN_APPS, PLUGIN_VIEWS
 from sora2_provider.links import VIDEO_TAB_ROUTE
 
 URL_PREFIX = "/sora2"
@@ -55,4 +60,8 @@ class Sora2Plugin(AirflowPlugin):
             "icon": "sora2/icon.svg",
         },
         {"name": "Sora 2", "href": "sora2/", "destination": "nav", "url_route": PAGE_ROUTE, "icon": "sora2/icon.svg"},
-    ]
+    ] if PLUGIN_VIEWS else []
+
+
+if not PLUGIN_APPS:
+    Sora2Plugin = None  # type: ignore[misc,assignment]

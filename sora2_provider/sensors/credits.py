@@ -14,7 +14,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue
 
 from sora2_provider.compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException, conf
 from sora2_provider.exceptions import Sora2Error, Sora2TransientError
@@ -22,7 +22,7 @@ from sora2_provider.models import plan_cost
 from sora2_provider.triggers.credits import CreditCheck, CreditsTrigger, credit_error_message
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.providers.common.compat.sdk import Context
 
     from sora2_provider.hooks.sora2 import Sora2Hook
 
