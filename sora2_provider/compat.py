@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.providers.common.compat.sdk import (
-    XCOM_RETURN_KEY,
     AirflowException,
     AirflowFailException,
     AirflowPlugin,
@@ -20,7 +19,6 @@ from airflow.providers.common.compat.sdk import (
     AirflowSkipException,
     BaseHook,
     BaseOperatorLink,
-    XCom,
     conf,
 )
 from asgiref.sync import sync_to_async
@@ -77,7 +75,9 @@ async def arun_airflow_call(func: Callable[[], T]) -> T:
 
 def returned_xcom(ti_key: TaskInstanceKey) -> Any:
     """What the task instance returned (its ``return_value`` XCom), or None; for extra links on 2.x."""
-    return XCom.get_value(ti_key=ti_key, key=XCOM_RETURN_KEY)
+    from airflow.providers.common.compat.sdk import XCom  # lazy: version probe (only Airflow 2 reads links here)
+
+    return XCom.get_value(ti_key=ti_key, key="return_value")
 
 
 def task_state_store(context: Any) -> Any | None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sora2_provider.compat import PLUGIN_APPS
+from importlib.util import find_spec
 
-#: The UI plugin; Airflow 2 serves no plugin FastAPI app, so it has none (see plugins/sora2.py).
-PLUGINS = [{"name": "sora2", "plugin-class": "sora2_provider.plugins.sora2.Sora2Plugin"}] if PLUGIN_APPS else []
+PLUGIN = {"name": "sora2", "plugin-class": "sora2_provider.plugins.sora2.Sora2Plugin"}
 
 
 def get_provider_info() -> dict:
+    # The UI plugin needs Airflow 3's FastAPI server; Airflow 2 gets none (plugins/sora2.py). A module lookup, not an
+    # import (nor sora2_provider.compat): Airflow reads this while its configuration is still loading.
+    plugins = [PLUGIN] if find_spec("airflow.api_fastapi") else []
     return {
         "package-name": "airflow-provider-sora2",
         "name": "Segmind Sora 2",
@@ -32,7 +34,7 @@ def get_provider_info() -> dict:
                 "python-modules": ["sora2_provider.triggers.sora2", "sora2_provider.triggers.credits"],
             }
         ],
-        "plugins": PLUGINS,
+        "plugins": plugins,
         "extra-links": ["sora2_provider.links.Sora2VideoLink", "sora2_provider.links.Sora2OutputLink"],
         "connection-types": [
             {

@@ -29,7 +29,7 @@ OTHER_KEY = "SG_0123abcd4567ef89"
 DAG_FILE = """
 import datetime
 import pendulum
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
 
 with DAG(DAG_ID, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False):

@@ -242,7 +242,7 @@ def test_timeouts_from_extras(set_connection: Callable[..., None]) -> None:
 
 
 def test_one_session_with_key_header_registered_with_masker(hook: Sora2Hook) -> None:
-    from airflow.sdk.log import redact
+    from airflow.providers.common.compat.sdk import redact
 
     session = hook.get_conn()
     assert hook.get_conn() is session
@@ -308,7 +308,7 @@ def test_submit_status_result_download_and_history(hook: Sora2Hook, hook_emulato
 
 
 def test_download_to_every_kind_of_destination(hook: Sora2Hook, tmp_path: Path) -> None:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     url = hook.get_result(completed_job(hook)).output_url
     assert url
@@ -652,7 +652,7 @@ def test_500_mb_download_keeps_memory_bounded(make_hook: Callable[..., Sora2Hook
 
 
 def test_upload_image_from_local_path_and_file_url(hook: Sora2Hook, tmp_path: Path) -> None:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     image = tmp_path / "ref.png"
     image.write_bytes(png_bytes())
@@ -664,7 +664,7 @@ def test_upload_image_from_local_path_and_file_url(hook: Sora2Hook, tmp_path: Pa
 
 def test_upload_image_from_object_storage(hook: Sora2Hook, aws_conn: str, tmp_path: Path) -> None:
     import boto3
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     s3 = boto3.client("s3", endpoint_url=aws_conn, region_name="us-east-1")
     s3.put_object(Bucket="sora2-test", Key="refs/ref.png", Body=png_bytes())
@@ -674,7 +674,7 @@ def test_upload_image_from_object_storage(hook: Sora2Hook, aws_conn: str, tmp_pa
 
 def test_download_to_object_storage(hook: Sora2Hook, aws_conn: str) -> None:
     import boto3
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     url = hook.get_result(completed_job(hook)).output_url
     assert url

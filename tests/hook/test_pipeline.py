@@ -157,7 +157,7 @@ def _s3_client(endpoint: str) -> Any:
 
 
 def _download_atomically(hook: Sora2Hook, url: str, uri: str) -> Any:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     from sora2_provider.storage import atomic_writer
 
@@ -253,7 +253,7 @@ def test_a_failed_s3_part_surfaces_and_leaves_no_object_and_no_upload(
 
 @pytest.mark.parametrize("size", [0, 1000, 8 * MiB, 8 * MiB + 1])
 def test_s3_part_writer_stores_any_size_whole(aws_conn: str, size: int) -> None:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     from sora2_provider.storage import atomic_writer
 

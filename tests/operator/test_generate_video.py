@@ -33,7 +33,7 @@ XCOM_FIELDS = {
 DAG_SOURCE = """
 import datetime
 import pendulum
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
 {preamble}
 with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False) as dag:
@@ -83,13 +83,13 @@ def run_generate(
 
 
 def ObjectPath(uri: str) -> Any:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     return ObjectStoragePath(uri)
 
 
 def read_output(uri: str) -> bytes:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     return ObjectStoragePath(uri).read_bytes()
 
@@ -513,7 +513,7 @@ def test_asset_outlet_event_carries_the_video_metadata(sora2_conn, dag_runner, f
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
-    preamble = "from airflow.sdk import Asset"
+    preamble = "from airflow.providers.common.compat.sdk import Asset"
     source = DAG_SOURCE.format(
         dag_id="gen_asset",
         operator="Sora2GenerateVideoOperator",
@@ -541,7 +541,7 @@ def test_on_kill_stops_worker_side_polling_and_keeps_the_job_record(sora2_conn, 
     """``on_kill`` from another thread ends the polling wait at once; the record stays for the next try."""
     import threading
 
-    from airflow.sdk.exceptions import AirflowException
+    from airflow.providers.common.compat.sdk import AirflowException
 
     from sora2_provider.hooks.sora2 import Sora2Hook
     from sora2_provider.models import VideoRequest

@@ -33,7 +33,7 @@ print(f"DAGRUN_STATE {run.state}\\n", end="", flush=True)  # one write: a lineag
 DAG = """
 import datetime
 import pendulum
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
 
 with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False) as dag:

@@ -17,7 +17,7 @@ PRICE = estimate_cost("sora-2", 8)  # 0.8 credits: sora-2, 8 s, 720x1280
 MAPPED_DAG = """
 import datetime
 import pendulum
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
 
 with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False) as dag:
@@ -36,7 +36,7 @@ with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2025, 1, 1), ca
 SINGLE_DAG = """
 import datetime
 import pendulum
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
 {preamble}
 with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False) as dag:

@@ -43,7 +43,7 @@ def sensor_dag(dag_id: str, *sensors: str) -> str:
     body = "\n".join(f"    {sensor}" for sensor in sensors)
     return (
         "from datetime import datetime\n"
-        "from airflow.sdk import DAG\n"
+        "from airflow.providers.common.compat.sdk import DAG\n"
         "from sora2_provider.sensors.credits import CreditsSensor\n\n"
         f'with DAG(dag_id="{dag_id}", schedule=None, start_date=datetime(2025, 1, 1), catchup=False):\n'
         f"{body}\n"
@@ -261,7 +261,13 @@ def test_timeout_skips_with_soft_fail_and_fails_without(mode, sora2_conn, dag_ru
 def test_deferral_carries_the_timeout_and_a_trigger_timeout_honours_soft_fail(sora2_conn):
     """What the real triggerer path relies on: ``defer(timeout=...)``, and ``__fail__``/timeout -> skipped."""
     from airflow.providers.common.compat.sdk import AirflowSkipException, TaskDeferred
-    from airflow.sdk.bases.operator import TriggerFailureReason
+
+    try:
+        from airflow.sdk.bases.operator import TriggerFailureReason  # lazy: version probe (Airflow 3)
+
+        trigger_timeout = TriggerFailureReason.TRIGGER_TIMEOUT.value
+    except ImportError:  # Airflow 2: the scheduler's own words (scheduler_job_runner.check_trigger_timeouts)
+        trigger_timeout = "Trigger/execution timeout"
 
     sora2_conn.set_balance(TEST_API_KEY, 1.0)
     sensor = CreditsSensor(
@@ -277,7 +283,7 @@ def test_deferral_carries_the_timeout_and_a_trigger_timeout_honours_soft_fail(so
     assert 0 < kwargs["timeout_at"] - time.time() <= 90
 
     with pytest.raises(AirflowSkipException):
-        sensor.resume_execution("__fail__", {"error": TriggerFailureReason.TRIGGER_TIMEOUT}, {})
+        sensor.resume_execution("__fail__", {"error": trigger_timeout}, {})
     with pytest.raises(AirflowSkipException):
         sensor.resume_execution("execute_complete", {"event": {"status": "error", "message": "bad key"}}, {})
 

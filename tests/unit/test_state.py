@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from airflow.sdk import ObjectStoragePath
+from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from sora2_provider.operators._job import job_state_store, warn_if_local_file_on_remote_workers
 from sora2_provider.state import JobRecord, ObjectStateRecords, TaskStateRecords, identity_key

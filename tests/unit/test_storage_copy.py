@@ -17,7 +17,7 @@ PAYLOAD = hashlib.sha256(b"sora2").digest() * ((WRITE_BLOCK_SIZE + 3 * READ_CHUN
 
 
 def storage_path(uri: str) -> Any:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     return ObjectStoragePath(uri)
 
