@@ -67,6 +67,12 @@ def console(capfd: pytest.CaptureFixture[str]) -> Console:
     return Console(capfd)
 
 
+#: Airflow 3.0's ``dag.test()`` traces at debug level each message its task sends the in-process supervisor, the one
+#: registering the key as a secret included, and masks only after sending it (3.1+ masks first; a real worker's
+#: socket comms trace nothing). That one message of Airflow's own is the only exception to the guard below.
+MASK_REGISTRATION = f"MaskSecret(value='{TEST_API_KEY}'"
+
+
 @pytest.fixture(autouse=True)
 def no_api_key_leak(caplog: pytest.LogCaptureFixture, console: Console) -> Iterator[None]:
     """Fail any test whose log records or console output contain the API key."""
@@ -74,6 +80,7 @@ def no_api_key_leak(caplog: pytest.LogCaptureFixture, console: Console) -> Itera
     yield
     console.read()
     for where, text in (("log records", caplog.text), ("console output", console.history)):
+        text = text.replace(MASK_REGISTRATION, "MaskSecret(value=<the key being registered>")
         assert TEST_API_KEY not in text, f"the API key leaked into {where}"
 
 

@@ -76,8 +76,12 @@ def task_instances(dag_run: Any) -> dict[str, Any]:
 
 def xcom_value(dag_run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
     """An XCom value the run stored, read back from the metadata DB."""
-    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
+
+    try:
+        from airflow.models.xcom import XComModel  # lazy: version probe (Airflow 3's XCom table)
+    except ImportError:  # Airflow 2: BaseXCom maps the table
+        from airflow.models.xcom import BaseXCom as XComModel  # type: ignore[no-redef]
 
     with create_session() as session:
         row = (
