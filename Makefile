@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := python3 -m uv
 INSTALLED := $(VENV)/.installed
-# One pinned set per Airflow line (constraints/airflow-3.X.txt); .venv and `make test` use the newest line.
+# One pinned set per Airflow line (constraints/airflow-X.Y.txt); .venv and `make test` use the newest line.
 CONSTRAINTS := constraints/airflow-3.3.txt
 
 .PHONY: test lint typecheck pytest demo bench bench-quick test-ui test-cluster test-stores report acceptance-report \
@@ -113,9 +113,10 @@ dist: | uv
 	rm -rf dist
 	$(UV) build --quiet --out-dir dist
 
-# Airflow 3.1, 3.2 and 3.3, one after the other (scripts/matrix.py): per line a cached venv .matrix/airflow-3.X
-# running the unit, hook, sensor and operator suites plus a deferrable run through a real triggerer, then the
-# release check of the wheel from `make dist` in a clean venv. About 14 minutes on two cores from a fresh clone.
+# Airflow 2.11, 3.0, 3.1, 3.2 and 3.3 (scripts/matrix.py): per line a cached venv .matrix/airflow-X.Y from
+# constraints/airflow-X.Y.txt running the unit, hook, sensor and operator suites (three lines at a time), then one
+# line at a time a deferrable generation through a real scheduler and triggerer, then the release check of the
+# wheel from `make dist` in a clean venv of each line.
 # Options: MATRIX_ARGS="3.1" (one line), MATRIX_ARGS="--steps release" ...
 test-matrix: dist
 	python3 scripts/matrix.py $(MATRIX_ARGS)
