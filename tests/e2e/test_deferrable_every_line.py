@@ -137,6 +137,8 @@ def airflow(e2e_emulator: Any) -> Iterator[Airflow]:
         "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",  # Airflow 2: the scheduler's parser finds the file soon
         "AIRFLOW_CONN_SORA2_DEFAULT": connection_json(e2e_emulator.url),
         "PYTHONDONTWRITEBYTECODE": "1",
+        # Airflow 2's executors start each task as `airflow tasks run ...`, found on PATH: this venv's first.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     if not AIRFLOW_3:  # the webserver: its address, one session secret, and basic auth for its REST API
         settings["AIRFLOW__WEBSERVER__BASE_URL"] = url
