@@ -24,6 +24,9 @@ os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_FOLDER)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+# A DAG file's first import loads the provider and Airflow's authoring modules: 30 s (the default) is not enough on a
+# 2-core machine running five Airflow lines' suites at once (seen on 3.0.6 with a load of 13).
+os.environ["AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT"] = "180"
 os.environ.setdefault("SORA2_EMULATOR_CACHE", str(Path.home() / ".cache" / "sora2-emulator"))
 
 from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, dag_bag  # noqa: E402
