@@ -204,7 +204,8 @@ def check_plugin_listed(venv: Path, cwd: Path, env: dict[str, str]) -> None:
     errors = [line for line in out.splitlines() if "sora2" in line and ("rror" in line or "Failed" in line)]
     if errors:
         raise StepFailed("airflow plugins logged an error about sora2:\n" + "\n".join(errors))
-    plugins = {p["name"]: p for p in last_json_document(out)}
+    # Airflow prints "No plugins loaded" instead of a JSON document when it loaded none (2.11 with the wheel alone).
+    plugins = {} if "No plugins loaded" in out else {p["name"]: p for p in last_json_document(out)}
     plugin = plugins.get("sora2")
     if not has_apps:
         if plugin is not None:
