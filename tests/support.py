@@ -80,8 +80,13 @@ def xcom_value(dag_run: Any, task_id: str, key: str = "return_value", map_index:
 
     try:
         from airflow.models.xcom import XComModel  # lazy: version probe (Airflow 3's XCom table)
-    except ImportError:  # Airflow 2: BaseXCom maps the table
+
+        deserialize = XComModel.deserialize_value
+    except ImportError:  # Airflow 2: BaseXCom maps the table and deserializes each row's value as it loads it
         from airflow.models.xcom import BaseXCom as XComModel  # type: ignore[no-redef]
+
+        def deserialize(row: Any) -> Any:
+            return row.value
 
     with create_session() as session:
         row = (
@@ -89,7 +94,7 @@ def xcom_value(dag_run: Any, task_id: str, key: str = "return_value", map_index:
             .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key=key, map_index=map_index)
             .one_or_none()
         )
-        return None if row is None else XComModel.deserialize_value(row)
+        return None if row is None else deserialize(row)
 
 
 def probe_mp4(data: bytes) -> tuple[int, int, float]:
