@@ -204,8 +204,8 @@ def test_the_task_deferred_to_the_triggerer_which_still_runs(airflow: Airflow, f
 
 def test_the_segmind_output_link_shows_the_source_url(airflow: Airflow, finished: str):
     source_url = airflow.xcom("return_value")["source_url"]
-    if AIRFLOW_3:  # the worker stored each link's URL in XCom when the task ended
-        assert airflow.xcom("_link_Sora2OutputLink") == source_url
+    if AIRFLOW_3:  # the worker stores each link's URL in XCom as the task ends (3.2: just after its success)
+        wait_for("the link's XCom", lambda: airflow.xcom("_link_Sora2OutputLink") == source_url, timeout=60)
         return
     # Airflow 2: the webserver computes the links on the deserialized operator, from the task's returned XCom.
     path = f"/api/v1/dags/{DAG_ID}/dagRuns/{RUN_ID}/taskInstances/generate/links"

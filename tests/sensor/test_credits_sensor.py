@@ -201,7 +201,10 @@ def _reschedule_count(ti: Any) -> int:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        return session.query(TaskReschedule).filter(TaskReschedule.ti_id == ti.id).count()
+        if hasattr(TaskReschedule, "ti_id"):  # Airflow 3: rows point at the task instance's id
+            return session.query(TaskReschedule).filter(TaskReschedule.ti_id == ti.id).count()
+        query = session.query(TaskReschedule)  # Airflow 2: rows carry the task instance's key
+        return query.filter_by(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id).count()
 
 
 def test_transient_errors_keep_the_sensor_waiting(sora2_conn, dag_runner, console, fast_hook_retries):
