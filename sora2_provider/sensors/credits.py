@@ -114,9 +114,7 @@ class CreditsSensor(BaseSensorOperator):
         try:
             balance: dict[str, Any] = dict(self.hook.get_credits())
             if self.respect_spend_cap:
-                from sora2_provider.spend import allowance
-
-                allowed = allowance(self.hook)
+                allowed = self.hook.spend_allowance()
                 if allowed is not None:
                     balance["allowance"] = allowed[0]
                     self.log.info("Spend cap: %s", allowed[1].describe())

@@ -144,9 +144,7 @@ class CreditsTrigger(BaseTrigger):
         try:
             balance = await hook.aget_credits()
             if self.respect_spend_cap:  # the connection and its extras were read on this thread just above
-                from sora2_provider.spend import allowance
-
-                allowed = await asyncio.to_thread(allowance, hook)
+                allowed = await asyncio.to_thread(hook.spend_allowance)
                 balance = balance if allowed is None else {**balance, "allowance": allowed[0]}
         except Sora2TransientError as err:
             self.log.warning("Could not read the Segmind balance (will retry): %s", err)

@@ -35,7 +35,7 @@ from sora2_provider.exceptions import (
     Sora2SubmitUncertainError,
     Sora2ValidationError,
 )
-from sora2_provider.hooks._wire import history_record, history_row, history_rows, parse_timestamp
+from sora2_provider.hooks._answers import history_record, history_row, history_rows, parse_timestamp
 from sora2_provider.hooks.sora2 import Sora2Hook
 from sora2_provider.models import DownloadResult, JobStatus, VideoRequest
 from tests.hook.support import HOOK_KEY, RATE_WINDOW, TIME_SCALE
@@ -601,7 +601,7 @@ def test_download_of_an_unknown_output_is_not_found(hook: Sora2Hook, hook_emulat
 _MEMORY_PROBE = """
 import json, resource, sys, threading
 import psutil
-from sora2_provider.hooks._wire import history_record, history_row, history_rows, parse_timestamp
+from sora2_provider.hooks._answers import history_record, history_row, history_rows, parse_timestamp
 from sora2_provider.hooks.sora2 import Sora2Hook
 
 hook = Sora2Hook()

@@ -169,7 +169,7 @@ def test_pending_jobs_count_at_their_estimate(monkeypatch):
     """A job still rendering is not charged yet (credits_deduction 0 in the history): it counts at its estimate."""
     from sora2_provider.hooks.sora2 import Sora2Hook
     from sora2_provider.models import VideoRequest
-    from sora2_provider.spend import Sora2SpendCapError, rolling_spend
+    from sora2_provider.spend import Sora2SpendCapError
     from sora2_provider.testing.emulator import Sora2Emulator
     from tests.support import TEST_API_KEY
 
@@ -178,7 +178,7 @@ def test_pending_jobs_count_at_their_estimate(monkeypatch):
         hook = Sora2Hook()
         hook.submit(VideoRequest.create("a", "sora-2", 8))
         hook.submit(VideoRequest.create("b", "sora-2-pro", 4))  # 0.3 x 4 = 1.2
-        spend = rolling_spend(hook)
+        spend = hook.rolling_spend()
         assert (spend.charged, spend.pending, spend.pending_jobs) == (0.0, 2.0, 2)
         with pytest.raises(Sora2SpendCapError) as refused:
             hook.submit(VideoRequest.create("c", "sora-2", 4))
