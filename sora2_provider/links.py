@@ -15,11 +15,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
-from airflow.sdk import BaseOperatorLink
+from airflow.sdk import BaseHook, BaseOperatorLink
+
+from sora2_provider.compat import conf
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
+
+__all__ = [
+    "VIDEO_TAB_ROUTE",
+    "Sora2OutputLink",
+    "Sora2VideoLink",
+    "azure_account",
+    "azure_portal_url",
+    "browser_url",
+    "video_tab_url",
+]
 
 _CONSOLES = {
     "s3": "https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={key}",
@@ -71,8 +83,6 @@ def _azure_browser_url(parts: SplitResult) -> str:
     if not parts.username or not parts.hostname:
         return ""
     try:
-        from airflow.sdk import BaseHook
-
         conn = BaseHook.get_connection(parts.username)
     except Exception:  # no such connection: no link, never a failed task
         return ""
@@ -108,8 +118,6 @@ def video_tab_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1, b
     the Airflow UI itself (a link in a review request does). A mapped task instance adds ``/mapped/<index>``.
     """
     if base_url is None:
-        from airflow.providers.common.compat.sdk import conf
-
         base_url = conf.get("api", "base_url", fallback="") or ""
     path = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
     if map_index >= 0:

@@ -19,14 +19,31 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from sora2_provider.storage import atomic_writer
+
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from sora2_provider.models import HistoryRecord, VideoRequest
 
+__all__ = [
+    "JOB_RECORD_KEY",
+    "OUTPUT_NOTE_KEY",
+    "STATE_DIR",
+    "JobRecord",
+    "JobStateStore",
+    "ObjectStateRecords",
+    "TaskStateRecords",
+    "fingerprint",
+    "identity_key",
+    "utcnow",
+]
+
 STATE_DIR = "_sora2_state"
+#: Keys of the job record and the output note in Airflow's task state store (also read by the plugin).
+JOB_RECORD_KEY, OUTPUT_NOTE_KEY = "sora2_job", "sora2_output"
 RECORD, OUTPUT_NOTE = "record", "output"
-TASK_STATE_KEYS = {RECORD: "sora2_job", OUTPUT_NOTE: "sora2_output"}
+TASK_STATE_KEYS = {RECORD: JOB_RECORD_KEY, OUTPUT_NOTE: OUTPUT_NOTE_KEY}
 
 
 def _digest(data: Any) -> str:
@@ -140,7 +157,7 @@ class TaskStateRecords(JobStateStore):
 
     def __init__(self, accessor: Any) -> None:
         self._accessor = accessor
-        self.location = f"the task state store of this task instance (key {TASK_STATE_KEYS[RECORD]!r})"
+        self.location = f"the task state store of this task instance (key {JOB_RECORD_KEY!r})"
 
     def _get(self, which: str) -> dict[str, Any] | None:
         value = self._accessor.get(TASK_STATE_KEYS[which])
@@ -198,7 +215,5 @@ def _read_json(path: ObjectStoragePath) -> dict[str, Any] | None:
 
 def _write_json(path: ObjectStoragePath, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    from sora2_provider.storage import atomic_writer
-
     with atomic_writer(path) as handle:
         handle.write(json.dumps(data, sort_keys=True, indent=1).encode())

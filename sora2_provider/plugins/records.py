@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select
 
 from sora2_provider.operators._job import ERROR_XCOM_KEY as ERROR_KEY
+from sora2_provider.state import JOB_RECORD_KEY
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 OPERATOR = "Sora2GenerateVideoOperator"
 RESULT_KEY = "return_value"
-JOB_RECORD_KEY = "sora2_job"
 UNMAPPED = -1
 
 
