@@ -1,13 +1,5 @@
-"""Operator extra links: the stored video, and Segmind's own output URL (downloadable for 7 days).
-
-Airflow 3 calls ``get_link`` on the worker when the task ends and stores the answer in XCom under
-``xcom_key``; the UI shows that stored value, but only when a browser can open it (http(s)), so an
-object-storage URI becomes its cloud console page (Azure: when the connection names the account's
-subscription and resource group). A ``file://`` video has no browser URL: the link
-stays empty and the location is in the XCom dict (``uri``).
-
-:func:`video_tab_url` addresses the Video tab of a generation task in the Airflow UI, for messages sent to
-people (a review request's body, a notification).
+"""Operator extra links (the stored video's console page, Segmind's output URL) and the Airflow UI address of a
+generation task's Video tab.
 """
 
 from __future__ import annotations
@@ -15,9 +7,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
+from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseHook, BaseOperatorLink
-
-from sora2_provider.compat import conf
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator

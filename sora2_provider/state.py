@@ -1,14 +1,7 @@
 """The job record that lets a retry find the video it already paid for, and the note of what was stored.
 
-Two records per task instance, shared by every try: the *job record* (written before the paid submit as an
-intent, completed with the request id right after; identity is run-stable, the fingerprint tells whether the
-inputs are still the ones paid for) and the *output note* (what was stored at the output after success, so a
-rerun returns it without calling Segmind). They live in one of two homes:
-
-- :class:`TaskStateRecords`: Airflow's ``task_state_store`` (3.3+), rows in the metadata DB scoped to the dag
-  run, task and map index, readable from any worker. Nothing is written beside the output.
-- :class:`ObjectStateRecords`: small JSON objects in object storage, ``<output dir>/_sora2_state/`` (the fallback
-  where Airflow has no task state store) or under a root the user names (``state_path=`` / ``state_root``).
+Two homes for them: Airflow's task state store (:class:`TaskStateRecords`, 3.3+) or small JSON objects in object
+storage (:class:`ObjectStateRecords`: beside the output, or under a root the user names).
 """
 
 from __future__ import annotations
