@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["get_provider_info"]
+
 
 def get_provider_info() -> dict:
     return {

@@ -30,7 +30,6 @@ from sora2_provider.hooks import _answers as answers
 from sora2_provider.hooks._call_budget import CallBudget, budget_for
 from sora2_provider.hooks._transport import PaidCall, Transport, host_url, new_session, usable_url
 from sora2_provider.hooks._video_stream import (
-    CHUNK_SIZE,
     IncompleteDownloadError,
     VideoSink,
     as_path,
@@ -413,9 +412,8 @@ class Sora2Hook(BaseHook):
                 raise Sora2DownloadError(f"{sink.what}: JSON answer without an output URL (billed)")
             self._transport().retrying()(self._download_attempt, url, sink)
             return sink.finish()
-        sink.start(response)
         try:
-            sink.pump(response.iter_content(CHUNK_SIZE))
+            sink.take(response)
             return sink.finish()
         except IncompleteDownloadError as err:
             raise Sora2DownloadError(f"{err}; the call was billed and its body cannot be resumed") from err
