@@ -69,8 +69,12 @@ class _Layout:
         top = self.bars_height + margin // 2
         draw.text((margin, top), "SORA 2 EMULATOR · TEST CARD", font=self.label_font, fill=_ACCENT)
         top += self._line_height(self.label_font) * 2
-        details = [("model", card.model), ("size", f"{card.width}x{card.height}"), ("duration", f"{card.seconds} s")]
-        details.append(("request id", card.request_id))
+        details = [
+            ("model", card.model),
+            ("size", f"{card.width}x{card.height}"),
+            ("duration", f"{card.seconds} s"),
+            ("request id", card.request_id),
+        ]
         details_height = len(details) * self._line_height(self.meta_font) + margin // 2
         prompt_bottom = self.strip_top - details_height - margin // 2
         top = self._prompt(draw, top, prompt_bottom)
@@ -80,20 +84,21 @@ class _Layout:
     def draw_moving(self, image: Image.Image, index: int, fps: int, total: int) -> None:
         """What moves: the timecode and frame counter, the progress bar, and a block sweeping across the colour bars."""
         draw = ImageDraw.Draw(image)
-        width, margin = self.card.width, self.margin
-        draw.text((margin, self.strip_top), _timecode(index, fps), font=self.clock_font, fill=_TEXT)
+        self._clock(draw, index, fps, total)
+        width, margin, track_height = self.card.width, self.margin, self.track_height
+        track_top = self.card.height - margin - track_height
+        draw.rectangle((margin, track_top, width - margin, track_top + track_height), fill=_PANEL)
+        filled = margin + round((width - 2 * margin) * (index + 1) / total)
+        draw.rectangle((margin, track_top, filled, track_top + track_height), fill=_ACCENT)
+        sweep = round((width - 2 * track_height) * index / max(1, total - 1))
+        block = (sweep, 0, sweep + 2 * track_height, self.bars_height)
+        draw.rectangle(block, fill=_TEXT, outline=_BACKGROUND, width=2)
+
+    def _clock(self, draw: ImageDraw.ImageDraw, index: int, fps: int, total: int) -> None:
+        draw.text((self.margin, self.strip_top), _timecode(index, fps), font=self.clock_font, fill=_TEXT)
         counter = f"frame {index + 1}/{total} · {fps} fps"
-        counter_width = draw.textlength(counter, font=self.label_font)
-        draw.text((width - margin - counter_width, self.strip_top), counter, font=self.label_font, fill=_LABEL)
-        track_top = self.card.height - margin - self.track_height
-        track = (margin, track_top, width - margin, track_top + self.track_height)
-        draw.rectangle(track, fill=_PANEL)
-        progress = (index + 1) / total
-        fill_right = margin + round((width - 2 * margin) * progress)
-        draw.rectangle((margin, track_top, fill_right, track[3]), fill=_ACCENT)
-        sweep_width = self.track_height * 2
-        sweep = round((width - sweep_width) * index / max(1, total - 1))
-        draw.rectangle((sweep, 0, sweep + sweep_width, self.bars_height), fill=_TEXT, outline=_BACKGROUND, width=2)
+        left = self.card.width - self.margin - draw.textlength(counter, font=self.label_font)
+        draw.text((left, self.strip_top), counter, font=self.label_font, fill=_LABEL)
 
     def _colour_bars(self, draw: ImageDraw.ImageDraw) -> None:
         width = self.card.width
