@@ -13,9 +13,8 @@ from sora2_provider.models import VideoRequest
 from sora2_provider.storage import to_object_storage_path
 
 if TYPE_CHECKING:
-    from logging import Logger
-
     from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.types import Logger
 
     from sora2_provider.state import JobStateStore
 

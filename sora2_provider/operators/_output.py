@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from logging import Logger
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
@@ -12,6 +11,9 @@ from sora2_provider.operators._job_spec import JobSpec
 from sora2_provider.state import JobStateStore, ObjectStateRecords, TaskStateRecords
 from sora2_provider.storage import inspect_video, to_object_storage_path
 from sora2_provider.xcom import video_result
+
+if TYPE_CHECKING:
+    from airflow.sdk.types import Logger
 
 LOCAL_EXECUTORS = ("LocalExecutor", "SequentialExecutor", "DebugExecutor")
 

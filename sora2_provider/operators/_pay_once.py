@@ -80,7 +80,8 @@ def adopt_from_history(
             row.request_id,
             row.status,
         )
-        return _written(job.store, record.with_request(row.request_id, row.created_at).with_decision("adopted_from_history"))
+        adopted = record.with_request(row.request_id, row.created_at).with_decision("adopted_from_history")
+        return _written(job.store, adopted)
     if job.on_orphaned_intent == "fail":
         raise fail(
             f"an earlier try recorded its intent to submit at {record.intent_at} but no request id, and the "
@@ -120,6 +121,7 @@ def submit_new(job: JobSpec, request: VideoRequest, submit: Callable[[VideoReque
     if job.mode == "sync":
         return Decision(intent, request)
     submitted = paid_call(job.store, submit, request)
+    record = _written(job.store, intent.with_request(submitted.request_id))
     job.log.info(
         "Submitted %s job %s (%s s, %s), estimated cost %.2f credits.",
         request.model,
@@ -128,7 +130,7 @@ def submit_new(job: JobSpec, request: VideoRequest, submit: Callable[[VideoReque
         request.size,
         request.estimated_cost,
     )
-    return Decision(_written(job.store, intent.with_request(submitted.request_id)), request)
+    return Decision(record, request)
 
 
 def paid_call(store: JobStateStore, method: Callable[..., T], *args: Any) -> T:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, or_, select
 
-from sora2_provider.operators._job import ERROR_XCOM_KEY as ERROR_KEY
+from sora2_provider.xcom import ERROR_XCOM_KEY as ERROR_KEY
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

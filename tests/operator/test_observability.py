@@ -118,7 +118,7 @@ def test_openlineage_complete_event_names_the_video_the_image_and_the_sora2_face
     facet = complete["run"]["facets"]["sora2"]
     (job,) = emulator.ledger
     assert facet["_schemaURL"] == SCHEMA_URL
-    assert SCHEMA_URL.split("#")[0].endswith("/sora2_provider/facets/" + SCHEMA_FILE.name)
+    assert SCHEMA_URL.split("#")[0] == "sora2_provider/facets/" + SCHEMA_FILE.name
     assert {k: facet[k] for k in ("model", "duration", "size", "request_id", "cost", "decision")} == {
         "model": "sora-2",
         "duration": 4,
