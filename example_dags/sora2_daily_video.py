@@ -68,13 +68,18 @@ with DAG(
             description="Object-storage URL the video goes under; empty takes the sora2_output_root Variable.",
         ),
     },
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    # Every task waits in the triggerer, checking every POLL_INTERVAL seconds; a failed try is retried twice.
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "deferrable": True,
+        "poll_interval": POLL_INTERVAL,
+    },
     tags=["sora2", "example"],
 ) as dag:
     wait_for_credits = CreditsSensor(
         task_id="wait_for_credits",
         jobs=[{"model": MODEL, "duration": DURATION, "size": SIZE}],
-        deferrable=True,
         poke_interval=6 * POLL_INTERVAL,
         timeout=timedelta(hours=6).total_seconds(),
     )
@@ -86,8 +91,6 @@ with DAG(
         model=MODEL,
         duration=DURATION,
         size=SIZE,
-        deferrable=True,
-        poll_interval=POLL_INTERVAL,
         max_cost=1.0,
     )
 

@@ -271,20 +271,17 @@ class Sora2GenerateVideoOperator(BaseOperator):
                 method_name="execute_complete",
                 timeout=remaining,
             )
-        event = poll_on_worker(
-            hook,
-            record.request_id,
-            remaining,
-            interval=self.poll_interval,
-            stop=self._stop_polling,
-            log=self.log,
-            limit=f"generation_timeout={self.generation_timeout}",
-            fresh=record.decision == "new_submit",
-        )
+        event = self._poll(hook, record.request_id, remaining, fresh=record.decision == "new_submit")
         self._raise_if_failed(job, event)
         if event["status"] == "error":
             raise wait_failed(record.request_id, event)
         return self._store(context, hook, job, record)
+
+    def _poll(self, hook: Sora2Hook, request_id: str, remaining: timedelta, *, fresh: bool = False) -> dict[str, Any]:
+        """Worker-side wait (``deferrable=False``), stopped by ``on_kill``."""
+        limit = f"generation_timeout={self.generation_timeout}"
+        return poll_on_worker(hook, request_id, remaining, interval=self.poll_interval, stop=self._stop_polling,
+                              log=self.log, limit=limit, fresh=fresh)
 
     def _remaining(self, record: JobRecord) -> timedelta:
         remaining = record.started_at + self.generation_timeout - utcnow()
