@@ -12,7 +12,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sora2_provider.operators._job import call_hook, retryable, translate
+from sora2_provider.operators._failures import call_hook, retryable, translate
 
 if TYPE_CHECKING:
     from sora2_provider.hooks.sora2 import Sora2Hook
@@ -40,7 +40,7 @@ def poll_on_worker(
     watch = JobWatch(request_id)
     deadline = time.monotonic() + remaining.total_seconds()
     if fresh and stop.wait(interval):
-        raise retryable(f"polling of job {request_id} was stopped; the next try resumes it")
+        raise retryable(f"polling of job {request_id} was stopped; the next try resumes it", "error")
     while time.monotonic() < deadline:
         previous = watch.last_status
         try:
@@ -55,8 +55,8 @@ def poll_on_worker(
         if event is not None:
             return event
         if stop.wait(interval):
-            raise retryable(f"polling of job {request_id} was stopped; the next try resumes it")
-    raise retryable(f"job {request_id} did not finish within {limit}")
+            raise retryable(f"polling of job {request_id} was stopped; the next try resumes it", "error")
+    raise retryable(f"job {request_id} did not finish within {limit}", "timeout")
 
 
 def already_ended(hook: Sora2Hook, request_id: str) -> bool:
@@ -80,14 +80,15 @@ def finished_job(hook: Sora2Hook, request_id: str, log: Any) -> JobResult:
     try:
         return hook.get_result(request_id)
     except Sora2JobFailedError as err:
-        raise retryable(f"Sora 2 job {request_id} FAILED (not billed): {err.segmind_message or err}") from None
+        message = f"Sora 2 job {request_id} FAILED (not billed): {err.segmind_message or err}"
+        raise retryable(message, "job_failed") from None
     except Sora2NotFoundError:
         log.info("The v2 record of %s expired; reading its output from the request history.", request_id)
     except Sora2Error as err:
         raise translate(err) from None
     row = call_hook(hook.get_request_record, request_id)
     if row.status == "FAILED":
-        raise retryable(f"Sora 2 job {request_id} FAILED (not billed): {row.error}")
+        raise retryable(f"Sora 2 job {request_id} FAILED (not billed): {row.error}", "job_failed")
     return JobResult(
         request_id=row.request_id,
         status=row.status or "UNKNOWN",

@@ -118,7 +118,7 @@ def test_openlineage_complete_event_names_the_video_the_image_and_the_sora2_face
     facet = complete["run"]["facets"]["sora2"]
     (job,) = emulator.ledger
     assert facet["_schemaURL"] == SCHEMA_URL
-    assert SCHEMA_URL.split("#")[0].endswith("/sora2_provider/facets/" + SCHEMA_FILE.name)
+    assert SCHEMA_URL.split("#")[0] == "sora2_provider/facets/" + SCHEMA_FILE.name
     assert {k: facet[k] for k in ("model", "duration", "size", "request_id", "cost", "decision")} == {
         "model": "sora-2",
         "duration": 4,
@@ -261,13 +261,13 @@ def test_failures_are_counted_by_reason(dag_runner, emulator, tmp_path, statsd):
     assert emulator.ledger == []
 
 
-def test_failure_reasons_are_read_from_the_operator_messages():
-    from sora2_provider.metrics import failure_reason
+def test_failure_reasons_of_hook_errors_come_from_their_type_and_status():
+    from sora2_provider.exceptions import Sora2AuthError, Sora2JobFailedError, Sora2ServerError
+    from sora2_provider.operators._failures import reason_of
+    from sora2_provider.spend import Sora2SpendCapError
 
-    assert failure_reason("max_spend_per_day: refusing to submit ...") == "spend_cap"
-    assert failure_reason("max_cost: the job would cost 6.00 credits") == "max_cost"
-    assert failure_reason("Sora 2 job abc FAILED (not billed): moderation") == "job_failed"
-    assert failure_reason("job abc did not finish within generation_timeout=1:00:00") == "timeout"
-    assert failure_reason("POST /v2/sora-2: Segmind rejected a parameter | HTTP 400") == "rejected"
-    assert failure_reason("something else") == "error"
-
+    assert reason_of(Sora2SpendCapError("max_spend_per_day: refusing to submit ...")) == "spend_cap"
+    assert reason_of(Sora2JobFailedError("moderation", status_code=200)) == "job_failed"
+    assert reason_of(Sora2AuthError("POST /v2/sora-2: key refused", status_code=401)) == "rejected"
+    assert reason_of(Sora2ServerError("POST /v2/sora-2", status_code=503)) == "error"
+    assert reason_of(Sora2AuthError("HTTP 400 in the text alone is no status")) == "error"
