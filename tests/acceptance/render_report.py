@@ -156,18 +156,20 @@ def process_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def storage_section(storage: dict[str, Any]) -> list[str]:
-    check = storage.get("cross_filesystem_commit")
+    check = storage.get("disk_full_write")
     if not check:
         return []
-    ok = check["error"] is None and check["bytes_at_output"] in (0, check["payload_bytes"])
-    ok = ok and "video.mp4" not in check["during_write"]
+    staged = check["during_write"]
+    ok = bool(check["error"]) and check["bytes_at_output"] == 0 and check["after_failure"] == []
+    ok = ok and len(staged) == 1 and staged[0].endswith(".part") and "video.mp4" not in staged
+    where = "another filesystem than the system temp dir (tmpfs)" if check["other_filesystem"] else "the temp dir"
     return [
         "",
-        "## Storage: a local commit across filesystems",
+        "## Storage: a full disk mid-write",
         "",
-        "A local `output_path` on another filesystem than the system temp dir (tmpfs), with every copy between",
-        "filesystems made to fail half way (disk full). Staged while writing: "
-        f"`{check['during_write']}`; after the commit: `{check['after_commit']}`; bytes at `output_path`: "
+        f"A local `output_path` on {where}; the kernel refuses the write past 64 KiB of the file",
+        "(`RLIMIT_FSIZE`: EFBIG, as a full disk answers ENOSPC) while the video is written. Staged while writing: "
+        f"`{staged}`; after the failure: `{check['after_failure']}`; bytes at `output_path`: "
         f"{check['bytes_at_output']}; error: {check['error'] or 'none'} -> target {'met' if ok else '**MISSED**'}.",
     ]
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from airflow.triggers.base import BaseTrigger
 
 from sora2_provider.models import VideoRequest
 from sora2_provider.triggers.sora2 import Sora2JobTrigger
@@ -19,13 +20,16 @@ def submit(emulator, **overrides) -> str:
     return Sora2Hook().submit(request).request_id
 
 
-async def first_event(trigger: Sora2JobTrigger, timeout: float = 30.0) -> dict:
-    async def collect():
-        async for event in trigger.run():
-            return event.payload
-        raise AssertionError("the trigger ended without an event")
+async def only_event(trigger: BaseTrigger, timeout: float = 30.0) -> dict:
+    """The payload of the one event ``trigger.run()`` yields: the generator is run to its end, and anything but
+    exactly one event fails the test."""
 
-    return await asyncio.wait_for(collect(), timeout)
+    async def collect() -> list[dict]:
+        return [event.payload async for event in trigger.run()]
+
+    events = await asyncio.wait_for(collect(), timeout)
+    assert len(events) == 1, f"the trigger yielded {len(events)} events, not one: {events}"
+    return events[0]
 
 
 def test_serializes_to_primitives_without_the_key(sora2_conn):
@@ -44,7 +48,7 @@ def test_completed_job_yields_completed_without_blocking_the_loop(sora2_conn):
     request_id = submit(sora2_conn)
     sora2_conn.add_fault("history", "slow", delay=1.0)  # a slow answer must not stall the other coroutines
 
-    beat = asyncio.run(with_heartbeat(first_event(Sora2JobTrigger(request_id, poll_interval=0.05))))
+    beat = asyncio.run(with_heartbeat(only_event(Sora2JobTrigger(request_id, poll_interval=0.05))))
 
     assert beat.result["status"] == "completed" and beat.result["request_id"] == request_id
     assert beat.longest_gap < 0.5, "a blocked loop would have stalled for the whole 1 s answer"
@@ -54,13 +58,26 @@ def test_failed_job_yields_failed_with_segmind_message(sora2_conn):
     sora2_conn.add_fault("submit_v2", "fail_job", message="the prompt was blocked")
     request_id = submit(sora2_conn)
 
-    event = asyncio.run(first_event(Sora2JobTrigger(request_id, poll_interval=0.05)))
+    event = asyncio.run(only_event(Sora2JobTrigger(request_id, poll_interval=0.05)))
 
     assert event == {"status": "failed", "request_id": request_id, "message": "the prompt was blocked"}
 
 
+def test_a_failed_job_missing_from_the_history_ends_failed_through_its_own_status(sora2_conn):
+    """FAILED is final in a status answer too (HTTP 422 with the FAILED body): the wait ends at once."""
+    sora2_conn.add_fault("submit_v2", "fail_job", message="the prompt was blocked")
+    request_id = submit(sora2_conn)
+    sora2_conn.unlist(request_id)
+
+    event = asyncio.run(only_event(Sora2JobTrigger(request_id, poll_interval=0.05), timeout=10))
+
+    assert event == {"status": "failed", "request_id": request_id, "message": "the prompt was blocked"}
+    statuses = [e["status"] for e in sora2_conn.request_log if e["endpoint"] == "status"]
+    assert statuses and statuses[-1] == 422
+
+
 def test_a_job_unknown_to_the_history_falls_back_to_its_status_and_yields_not_found(sora2_conn):
-    event = asyncio.run(first_event(Sora2JobTrigger("no-such-request", poll_interval=0.05)))
+    event = asyncio.run(only_event(Sora2JobTrigger("no-such-request", poll_interval=0.05)))
 
     assert event["status"] == "not_found" and "HTTP 404" in event["message"]
     status_calls = [e for e in sora2_conn.request_log if e["endpoint"] == "status"]
@@ -71,7 +88,7 @@ def test_a_job_whose_v2_record_expired_completes_from_the_history(sora2_conn):
     request_id = submit(sora2_conn)
     sora2_conn.expire(request_id)
 
-    event = asyncio.run(first_event(Sora2JobTrigger(request_id, poll_interval=0.05)))
+    event = asyncio.run(only_event(Sora2JobTrigger(request_id, poll_interval=0.05)))
 
     assert event["status"] == "completed" and event["output_url"].endswith(".mp4")
     assert event["cost"] == pytest.approx(0.4)
@@ -87,7 +104,7 @@ def test_repeated_server_errors_are_ridden_out_then_reported(sora2_conn, tolerat
     sora2_conn.add_fault("history", "status", status=503, times=6 * failing_calls)
 
     trigger = Sora2JobTrigger(request_id, poll_interval=0.05, max_transient_errors=3)
-    event = asyncio.run(first_event(trigger))
+    event = asyncio.run(only_event(trigger))
 
     if tolerated:
         assert event["status"] == "completed"
@@ -126,8 +143,8 @@ def test_airflow_is_only_touched_from_the_event_loop_thread(sora2_conn, monkeypa
 
     async def run_all():
         loop_thread.append(threading.current_thread())
-        triggers = [first_event(Sora2JobTrigger(r, poll_interval=0.05)) for r in request_ids]
-        triggers.append(first_event(CreditsTrigger(required=1.0, poke_interval=0.05)))
+        triggers = [only_event(Sora2JobTrigger(r, poll_interval=0.05)) for r in request_ids]
+        triggers.append(only_event(CreditsTrigger(required=1.0, poke_interval=0.05)))
         return await asyncio.gather(*triggers)
 
     events = asyncio.run(run_all())

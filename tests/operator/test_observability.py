@@ -124,9 +124,10 @@ def test_openlineage_complete_event_names_the_video_the_image_and_the_sora2_face
         "duration": 4,
         "size": "720x1280",
         "request_id": job["request_id"],
-        "cost": job["charged"],
+        "cost": 0.4,  # sora-2 at USD 0.10 per output second x 4 s (Segmind's price table)
         "decision": "new_submit",
     }
+    assert job["charged"] == 0.4
     assert facet["estimated_cost"] == 0.4
     assert facet["generation_seconds"] > 0
     schema = json.loads(SCHEMA_FILE.read_text())
@@ -218,9 +219,10 @@ def test_a_generation_emits_its_metrics(dag_runner, emulator, tmp_path, statsd):
         by_name.setdefault(name, []).append((value, kind))
     (job,) = emulator.ledger
     size = (tmp_path / "videos" / "m.mp4").stat().st_size
+    assert job["charged"] == 0.4  # sora-2 at USD 0.10 per output second x 4 s (Segmind's price table)
     assert by_name["sora2.jobs.submitted"] == [(1.0, "c")]
-    assert by_name["sora2.credits.spent"] == [(job["charged"], "c")]
-    assert by_name["sora2.cost.charged"] == [(job["charged"], "g")]
+    assert by_name["sora2.credits.spent"] == [(0.4, "c")]
+    assert by_name["sora2.cost.charged"] == [(0.4, "g")]
     assert by_name["sora2.cost.estimated"] == [(0.4, "g")]
     assert by_name["sora2.download.bytes"] == [(float(size), "c")]
     ((mbps, kind),) = by_name["sora2.download.mb_per_s"]
