@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from sora2_provider.hooks.sora2 import Sora2Hook
-    from sora2_provider.models import JobResult, VideoRequest
+    from sora2_provider.models import VideoRequest
     from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
     from sora2_provider.state import JobStateStore
 
@@ -181,22 +181,6 @@ def warn_if_local_file_on_remote_workers(operator: Sora2GenerateVideoOperator, o
         )
 
 
-def result_from_event(event: dict[str, Any] | None) -> JobResult | None:
-    """The finished job as the trigger's event tells it (from the request history), or None when the event
-    lacks the output URL and a result call is needed. ``remaining_credits`` is then unknown (None)."""
-    if not event or event.get("status") != "completed" or not event.get("output_url"):
-        return None
-    from sora2_provider.models import JobResult
-
-    return JobResult(
-        request_id=str(event["request_id"]),
-        status="COMPLETED",
-        output_url=str(event["output_url"]),
-        cost=event.get("cost"),
-        generation_seconds=event.get("generation_seconds"),
-    )
-
-
 @contextmanager
 def failure_noted(context: Any) -> Iterator[None]:
     """Leave why this try failed, in one line, in the XCom ``sora2_error``; a deferral is no failure."""
@@ -266,17 +250,6 @@ def lineage() -> Any:
     from sora2_provider import lineage as module
 
     return module
-
-
-def wait_failed(request_id: str, event: dict[str, Any]) -> Exception:
-    """A wait that ended in an error: retryable (outage) or not (refused key); the job record stays either way."""
-    message = f"waiting for Sora 2 job {request_id} failed: {event.get('message')}"
-    if event.get("retryable", True):
-        return retryable(message)
-    return fail(
-        f"{message}. A retry cannot fix this; the job record is kept, so clearing the task once the cause is "
-        "fixed collects the job already paid for"
-    )
 
 
 def one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:

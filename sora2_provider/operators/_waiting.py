@@ -12,11 +12,15 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from sora2_provider.exceptions import Sora2Error, Sora2JobFailedError, Sora2NotFoundError
+from sora2_provider.job_events import JobWatch, result_from_row
+from sora2_provider.models import JobResult
 from sora2_provider.operators._job import call_hook, retryable, translate
 
 if TYPE_CHECKING:
     from sora2_provider.hooks.sora2 import Sora2Hook
-    from sora2_provider.models import JobResult
+
+__all__ = ["already_ended", "finished_job", "poll_on_worker"]
 
 
 def poll_on_worker(
@@ -34,9 +38,6 @@ def poll_on_worker(
     runs out (``limit`` names it in the error), or ``stop`` is set; both raise a retryable error: the next try
     resumes the job. A job this try just submitted cannot be done yet (``fresh``): the first status call waits one
     interval."""
-    from sora2_provider.exceptions import Sora2Error
-    from sora2_provider.triggers._job_watch import JobWatch
-
     watch = JobWatch(request_id)
     deadline = time.monotonic() + remaining.total_seconds()
     if fresh and stop.wait(interval):
@@ -62,8 +63,6 @@ def poll_on_worker(
 def already_ended(hook: Sora2Hook, request_id: str) -> bool:
     """Has a job an earlier try paid for already ended? Then it is collected at once, without deferring (a trigger
     that fires at once races the scheduler's handling of the deferral)."""
-    from sora2_provider.exceptions import Sora2Error, Sora2NotFoundError
-
     try:
         return hook.get_status(request_id).is_terminal
     except Sora2NotFoundError:
@@ -74,9 +73,6 @@ def already_ended(hook: Sora2Hook, request_id: str) -> bool:
 
 def finished_job(hook: Sora2Hook, request_id: str, log: Any) -> JobResult:
     """The finished job from its v2 record, or from the request history once that record expired."""
-    from sora2_provider.exceptions import Sora2Error, Sora2JobFailedError, Sora2NotFoundError
-    from sora2_provider.models import JobResult
-
     try:
         return hook.get_result(request_id)
     except Sora2JobFailedError as err:
@@ -88,10 +84,4 @@ def finished_job(hook: Sora2Hook, request_id: str, log: Any) -> JobResult:
     row = call_hook(hook.get_request_record, request_id)
     if row.status == "FAILED":
         raise retryable(f"Sora 2 job {request_id} FAILED (not billed): {row.error}")
-    return JobResult(
-        request_id=row.request_id,
-        status=row.status or "UNKNOWN",
-        output_url=row.output_url,
-        cost=row.cost,
-        generation_seconds=None if row.latency_ms is None else round(row.latency_ms / 1000, 3),
-    )
+    return result_from_row(row)

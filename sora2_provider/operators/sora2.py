@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from sora2_provider.compat import conf
+from sora2_provider.job_events import result_from_event, wait_failed
 from sora2_provider.links import Sora2OutputLink, Sora2VideoLink
 from sora2_provider.operators._job import (
     Job,
@@ -27,10 +28,8 @@ from sora2_provider.operators._job import (
     one_of,
     output_uri,
     positive,
-    result_from_event,
     retryable,
     video_request,
-    wait_failed,
     warn_if_local_file_on_remote_workers,
 )
 from sora2_provider.operators._pay_once import paid_call, resolve_job

@@ -25,8 +25,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from sora2_provider.exceptions import Sora2Error
+from sora2_provider.job_events import JobWatch
 from sora2_provider.models import HistoryRecord
-from sora2_provider.triggers._job_watch import JobWatch
 from sora2_provider.triggers._render_times import RENDER_TIMES, RenderKind, RenderTimes
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class HistoryWatcher:
             del self._registry[key]
 
     async def _run(self) -> None:
-        from sora2_provider.hooks.sora2 import Sora2Hook
+        from sora2_provider.hooks.sora2 import Sora2Hook  # lazy: the hook (requests) stays out of DAG parsing
 
         hook = Sora2Hook(sora2_conn_id=self.conn_id)
         try:
@@ -223,8 +223,7 @@ class HistoryWatcher:
         entry.read_at = now
         if row is not None:
             entry.missing_since = None
-            entry.watch.transient_errors = 0
-            if (event := _event_from_history(entry.watch, row)) is not None:
+            if (event := entry.watch.on_row(row)) is not None:
                 self.times.learn(entry.kind, event.get("generation_seconds"))
                 entry.end(event)
             return False
@@ -246,12 +245,3 @@ class HistoryWatcher:
         if event is not None:
             entry.end(event)
 
-
-def _event_from_history(watch: JobWatch, row: HistoryRecord) -> dict[str, Any] | None:
-    """The final event for a history row that shows the job ended (with what the operator needs to store it)."""
-    if row.status == "COMPLETED" and row.output_url:
-        seconds = None if row.latency_ms is None else round(row.latency_ms / 1000, 3)
-        return watch.completed(output_url=row.output_url, cost=row.cost, generation_seconds=seconds)
-    if row.status == "FAILED":
-        return watch.failed(row.error)
-    return None

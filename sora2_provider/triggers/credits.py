@@ -15,9 +15,11 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from sora2_provider.exceptions import Sora2AuthError, Sora2Error, Sora2NotFoundError, Sora2TransientError
+from sora2_provider.spend import allowance
+
+__all__ = ["CreditCheck", "CreditsTrigger", "credit_error_message"]
 
 
-#: Errors that waiting cannot fix: a bad key (401/403) or an account with no credit record (404).
 @dataclass(frozen=True)
 class CreditCheck:
     """A balance compared with a requirement.
@@ -127,7 +129,7 @@ class CreditsTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from sora2_provider.hooks.sora2 import Sora2Hook
+        from sora2_provider.hooks.sora2 import Sora2Hook  # lazy: the hook (requests) stays out of DAG parsing
 
         hook = Sora2Hook(sora2_conn_id=self.sora2_conn_id)
         while True:
@@ -144,8 +146,6 @@ class CreditsTrigger(BaseTrigger):
         try:
             balance = await hook.aget_credits()
             if self.respect_spend_cap:  # the connection and its extras were read on this thread just above
-                from sora2_provider.spend import allowance
-
                 allowed = await asyncio.to_thread(allowance, hook)
                 balance = balance if allowed is None else {**balance, "allowance": allowed[0]}
         except Sora2TransientError as err:

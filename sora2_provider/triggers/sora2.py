@@ -8,7 +8,11 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from sora2_provider.triggers._job_watch import DEFAULT_MAX_TRANSIENT_ERRORS
+from sora2_provider.job_events import DEFAULT_MAX_TRANSIENT_ERRORS
+from sora2_provider.triggers._render_times import render_kind
+from sora2_provider.triggers._watcher import HistoryWatcher
+
+__all__ = ["Sora2JobTrigger"]
 
 
 class Sora2JobTrigger(BaseTrigger):
@@ -68,9 +72,6 @@ class Sora2JobTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from sora2_provider.triggers._render_times import render_kind
-        from sora2_provider.triggers._watcher import HistoryWatcher
-
         watcher = HistoryWatcher.for_connection(self.sora2_conn_id)
         submitted = datetime.fromisoformat(self.submitted_at)
         submitted = submitted if submitted.tzinfo else submitted.replace(tzinfo=timezone.utc)
