@@ -18,6 +18,7 @@ name                                   type       value
 ``sora2.rate_limited.waits``           counter    a 429 was waited out
 ``sora2.rate_limited.wait``            timer      how long that wait was
 ``sora2.spend_cap.refused``            counter    a paid call refused by ``max_spend_per_day``
+``sora2.outage.wait``                  timer      how long a wait rode out Segmind being unreachable
 =====================================  =========  ===========================================================
 
 Tags (``model``, ``dag_id``, ``task_id``; ``reason`` on failures) go to backends that take tags (Datadog, OTel,
@@ -149,3 +150,8 @@ def rate_limited(seconds: float, **tags: Any) -> None:
 
 def spend_cap_refused(estimate: float, **tags: Any) -> None:
     _emit("incr", "spend_cap.refused", 1, tags)
+
+
+def outage_waited(seconds: float, **tags: Any) -> None:
+    """A wait rode out ``seconds`` of Segmind answering only transient errors (5xx, 429, no connection)."""
+    _emit("timing", "outage.wait", max(0.0, float(seconds)), tags)

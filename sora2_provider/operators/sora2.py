@@ -16,7 +16,6 @@ from sora2_provider.links import Sora2OutputLink, Sora2VideoLink
 from sora2_provider.operators._job import (
     Job,
     as_timedelta,
-    call_hook,
     connection_state_root,
     fail,
     failure_noted,
@@ -33,6 +32,14 @@ from sora2_provider.operators._job import (
     warn_if_local_file_on_remote_workers,
 )
 from sora2_provider.operators._pay_once import paid_call, resolve_job
+from sora2_provider.operators._waiting import (
+    already_ended,
+    deadline_after,
+    download_video,
+    finished_job,
+    poll_on_worker,
+    resolve_through_outage,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -160,7 +167,10 @@ class Sora2GenerateVideoOperator(BaseOperator):
             self.log.info("A verified video from the same inputs is already at %s; nothing to pay for.", job.uri)
             return self._publish(context, job.existing)
         hook = job.hook()
-        record = resolve_job(hook, job)
+        record = resolve_through_outage(
+            hook, lambda: resolve_job(hook, job), until=time.monotonic() + self.generation_timeout.total_seconds(),
+            interval=self.poll_interval, stop=self._stop_polling, log=self.log,
+        )
         metrics().job_decided(record.decision, model=record.model)
         if record.request_id is None:
             return self._generate_sync(context, hook, job, record)
@@ -263,8 +273,6 @@ class Sora2GenerateVideoOperator(BaseOperator):
     # ------------------------------------------------------------------ waiting
 
     def _wait_and_store(self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord) -> dict[str, Any]:
-        from sora2_provider.operators._waiting import already_ended
-
         assert record.request_id is not None
         remaining = self._remaining(record)
         if self.deferrable and not (record.resumed_from and already_ended(hook, record.request_id)):
@@ -304,8 +312,6 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     def _poll(self, hook: Sora2Hook, request_id: str, remaining: timedelta, *, fresh: bool = False) -> dict[str, Any]:
         """Worker-side wait (``deferrable=False``, see ``_waiting``), stopped by ``on_kill``."""
-        from sora2_provider.operators._waiting import poll_on_worker
-
         limit = f"generation_timeout={self.generation_timeout}"
         return poll_on_worker(hook, request_id, remaining, interval=self.poll_interval, stop=self._stop_polling,
                               log=self.log, limit=limit, fresh=fresh)
@@ -322,17 +328,15 @@ class Sora2GenerateVideoOperator(BaseOperator):
     ) -> dict[str, Any]:
         """Download the finished video into the output. When the trigger's event already carries the output URL
         and cost (read from the request history), no further keyed call is made."""
-        from sora2_provider.operators._waiting import finished_job
-        from sora2_provider.storage import atomic_writer
-
         assert record.request_id is not None
-        result = result_from_event(event) or finished_job(hook, record.request_id, self.log)
+        until, interval = deadline_after(record.started_at, self.generation_timeout), self.poll_interval
+        result = result_from_event(event) or finished_job(hook, record.request_id, self.log, until=until,
+                                                          interval=interval)
         if not result.output_url:
             raise retryable(f"job {record.request_id} is {result.status} and has no output yet")
         started = time.monotonic()
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_writer(job.output) as handle:
-            download = call_hook(hook.download, result.output_url, handle)
+        download = download_video(hook, result.output_url, job.output, until=until, interval=interval, log=self.log)
         self._log_transfer(download.bytes, time.monotonic() - started, job.uri)
         xcom = {
             **job.describe(),
