@@ -110,7 +110,7 @@ class Outage:
         if self.since is None:
             self.since = time.monotonic()
             self.logger.warning(
-                "Segmind is unreachable for %s (%s); still waiting, reads back off to one every %.0f s",
+                "Segmind is unreachable for %s (%s); still waiting, reads back off to one every %g s",
                 self.what,
                 err,
                 self.policy.backoff_max,

@@ -219,21 +219,20 @@ class HistoryWatcher:
             with self.outage.single_attempts(hook):
                 rows = await hook.afind_requests(since=since)
         except Sora2Error as err:
-            self._failed(watched, err, now)
+            self._failed(watched, err)
             return
         self.outage.answered()
         by_id = {row.request_id: row for row in rows}
         lagging = [entry for entry in watched if self._read(entry, by_id.get(entry.request_id), now, id(entry) in due)]
         await asyncio.gather(*(self._status_of(hook, entry) for entry in lagging))
 
-    def _failed(self, watched: list[_Watched], err: Sora2Error, now: float) -> None:
+    def _failed(self, watched: list[_Watched], err: Sora2Error) -> None:
         """A history read failed: an outage is ridden out (logged once), anything else ends every wait."""
         if is_outage(err):
             self.outage.failed(err)
         else:
             log.warning("Request history of %s unavailable (%s)", self.conn_id, err)
-        for entry in watched:
-            entry.read_at = now
+        for entry in watched:  # read_at stays: the history did not cover the job, it is still due
             if (event := entry.watch.on_error(err)) is not None:
                 entry.end(event)
 
