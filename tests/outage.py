@@ -32,10 +32,11 @@ def submitted(log: list[dict[str, Any]]) -> bool:
 @dataclass
 class EmulatedOutage:
     """``routes`` of ``emulator`` answer 503 from when ``begin_when(request_log)`` holds until ``refusals`` calls
-    were refused (``FOREVER``: until :meth:`end`)."""
+    were refused and ``min_seconds`` passed (``FOREVER``: until :meth:`end`)."""
 
     emulator: Any
     refusals: int = LONGER_THAN_TEN_ERRORS
+    min_seconds: float = 0.0  # and lasts at least this long
     routes: tuple[str, ...] = ENDPOINTS
     begin_when: Callable[[list[dict[str, Any]]], bool] = lambda log: True
     began_at: int | None = None  # index in the request log
@@ -63,9 +64,12 @@ class EmulatedOutage:
         self._began = time.monotonic()
         for route in self.routes:
             self.emulator.add_fault(route, "status", status=503, times=FOREVER)
-        while self.refused < self.refusals and not self._stop.wait(0.01):
+        while not self._over() and not self._stop.wait(0.01):
             pass
         self.end()
+
+    def _over(self) -> bool:
+        return self.refused >= self.refusals and time.monotonic() - self._began >= self.min_seconds
 
     def end(self) -> None:
         with self._lock:
