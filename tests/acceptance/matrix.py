@@ -143,7 +143,8 @@ ROWS += (
     Row("outage_give_up", "outage that never ends (history, status 503), max_outage=1: each try gives up after 1 s",
         lambda e: (e.add_fault("history", "status", status=503, times=10**6),
                    e.add_fault("status", "status", status=503, times=10**6)),
-        mode="deferrable", outcome="failed", tries=RETRIES + 1, conn_extra={**QUICK_OUTAGE, "max_outage": 1}, error_hint="longer than the connection's max_outage=1 s"),
+        mode="deferrable", outcome="failed", tries=RETRIES + 1, conn_extra={**QUICK_OUTAGE, "max_outage": 1},
+        error_hint="longer than the connection's max_outage=1 s"),
 )
 IN_PROCESS_ROWS = tuple(row for row in ROWS if row.mode != "process")
 
