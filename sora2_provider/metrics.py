@@ -113,3 +113,8 @@ def rate_limited(seconds: float, **tags: Any) -> None:
 
 def spend_cap_refused(estimate: float, **tags: Any) -> None:
     _emit("incr", "spend_cap.refused", 1, tags)
+
+
+def outage_waited(seconds: float, **tags: Any) -> None:
+    """A wait rode out ``seconds`` of Segmind answering only transient errors (5xx, 429, no connection)."""
+    _emit("timing", "outage.wait", max(0.0, float(seconds)), tags)

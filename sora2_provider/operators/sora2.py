@@ -15,10 +15,10 @@ from sora2_provider import metrics
 from sora2_provider._arguments import as_timedelta, credits, has_template, one_of, positive
 from sora2_provider.compat import conf
 from sora2_provider.exceptions import Sora2Error
+from sora2_provider.job_events import result_from_event, wait_failed
 from sora2_provider.links import Sora2OutputLink, Sora2VideoLink
 from sora2_provider.models import VideoRequest, get_model, validate_duration, validate_size
-from sora2_provider.operators._event_results import result_from_event, wait_failed
-from sora2_provider.operators._failures import call_hook, fail, failure_noted, reason_of, retryable
+from sora2_provider.operators._failures import fail, failure_noted, reason_of, retryable
 from sora2_provider.operators._job_spec import (
     MODES,
     ORPHANED_INTENT_POLICIES,
@@ -34,7 +34,14 @@ from sora2_provider.operators._output import (
     warn_if_local_file_on_remote_workers,
 )
 from sora2_provider.operators._pay_once import paid_call, resolve_job
-from sora2_provider.operators._waiting import already_ended, finished_job, poll_on_worker
+from sora2_provider.operators._waiting import (
+    already_ended,
+    deadline_after,
+    download_video,
+    finished_job,
+    poll_on_worker,
+    resolve_through_outage,
+)
 from sora2_provider.state import JobRecord, fingerprint, identity_key, utcnow
 from sora2_provider.storage import atomic_writer, to_object_storage_path
 from sora2_provider.triggers.sora2 import Sora2JobTrigger
@@ -172,8 +179,15 @@ class Sora2GenerateVideoOperator(BaseOperator):
             self.log.info("A verified video from the same inputs is already at %s; nothing to pay for.", job.uri)
             return self._publish(context, existing)
         hook = self._checked_hook()
-        decision = resolve_job(
-            job, find_requests=hook.find_requests, upload_image=hook.upload_image, submit=hook.submit
+        decision = resolve_through_outage(
+            hook,
+            lambda: resolve_job(
+                job, find_requests=hook.find_requests, upload_image=hook.upload_image, submit=hook.submit
+            ),
+            until=time.monotonic() + self.generation_timeout.total_seconds(),
+            interval=self.poll_interval,
+            stop=self._stop_polling,
+            log=self.log,
         )
         metrics.job_decided(decision.record.decision, model=decision.record.model)
         if decision.record.request_id is None:
@@ -310,13 +324,14 @@ class Sora2GenerateVideoOperator(BaseOperator):
         """Download the finished video into the output. When the trigger's event already carries the output URL
         and cost (read from the request history), no further keyed call is made."""
         assert record.request_id is not None
-        result = result_from_event(event) or finished_job(hook, record.request_id, self.log)
+        until, interval = deadline_after(record.started_at, self.generation_timeout), self.poll_interval
+        result = result_from_event(event) or finished_job(hook, record.request_id, self.log, until=until,
+                                                          interval=interval)
         if not result.output_url:
             raise retryable(f"job {record.request_id} is {result.status} and has no output yet", "error")
         started = time.monotonic()
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_writer(job.output) as handle:
-            download = call_hook(hook.download, result.output_url, handle)
+        download = download_video(hook, result.output_url, job.output, until=until, interval=interval, log=self.log)
         self._log_transfer(download.bytes, time.monotonic() - started, job.uri)
         xcom = video_result(
             job.uri,

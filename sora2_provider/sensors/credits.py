@@ -15,6 +15,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from sora2_provider._arguments import credits_from_text, is_literal
 from sora2_provider.compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException, conf
 from sora2_provider.exceptions import Sora2Error, Sora2TransientError
+from sora2_provider.job_events import Outage, OutagePolicy
 from sora2_provider.models import plan_cost
 from sora2_provider.triggers.credits import CreditCheck, CreditsTrigger, credit_error_message
 
@@ -106,21 +107,31 @@ class CreditsSensor(BaseSensorOperator):
 
         return Sora2Hook(sora2_conn_id=self.sora2_conn_id)
 
+    @cached_property
+    def _outage(self) -> Outage:
+        """Segmind failing since when (one line when it begins, one when it ends); the connection's ``max_outage``."""
+        return Outage(f"the balance of {self.sora2_conn_id!r}", OutagePolicy.from_extras(self.hook.extras), self.log)
+
     def _read_balance(self) -> dict[str, Any] | None:
-        """The balance, or ``None`` after a transient error (logged; the sensor keeps waiting)."""
+        """The balance, or ``None`` during an outage (the sensor keeps waiting; ``max_outage`` gives up)."""
         try:
-            balance: dict[str, Any] = dict(self.hook.get_credits())
+            outage = self._outage
+            with outage.single_attempts(self.hook):
+                balance: dict[str, Any] = dict(self.hook.get_credits())
             if self.respect_spend_cap:
                 allowed = self.hook.spend_allowance()
                 if allowed is not None:
                     balance["allowance"] = allowed[0]
                     self.log.info("Spend cap: %s", allowed[1].describe())
-            return balance
         except Sora2TransientError as err:
-            self.log.warning("Could not read the Segmind balance, still waiting: %s", err)
+            outage.failed(err)
+            if outage.exhausted:
+                raise AirflowFailException(outage.gave_up(err)) from None
             return None
         except Sora2Error as err:  # a refused key, no credit record, an unusable connection: waiting cannot help
             raise AirflowFailException(credit_error_message(err, self.sora2_conn_id)) from err
+        outage.answered()
+        return balance
 
     def poke(self, context: Context) -> PokeReturnValue:
         required = self._required_credits()

@@ -23,8 +23,11 @@ MATRIX_INTRO = """## Fault matrix
 
 Every row is one task of one DAG run with real Airflow `dag.test()` (`retries=3`, `retry_delay=0`,
 `poll_interval=0.05`), each with its own emulator and `sora2` connection, so one row's fault counters never
-see another row's calls. The hook retries a call that is safe to repeat 5 times (backoff 0.05 s); faults
-that last longer reach the task's own retries. `worker_killed` runs in a real `airflow dags test` process,
+see another row's calls. The hook retries a call that is safe to repeat 5 times (backoff 0.05 s); 5xx, 429
+and connection errors that last longer are an outage, ridden out within the try (reads backing off to one every
+0.2 s here, `outage_backoff_max`; a minute in production) until `generation_timeout` or the connection's
+`max_outage` (the `outage_*` rows: 17 refused calls, more than the ten failed reads a wait used to tolerate);
+other faults reach the task's own retries. `worker_killed` runs in a real `airflow dags test` process,
 SIGKILLed by its PID while the job renders, then the same DAG run (same run id) is run again.
 `triggerer_restart` cancels the running trigger mid-poll and starts a fresh one from its serialized kwargs,
 as a restarted triggerer does from the `trigger` table.

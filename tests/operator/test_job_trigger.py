@@ -10,7 +10,7 @@ from airflow.triggers.base import BaseTrigger
 
 from sora2_provider.models import VideoRequest
 from sora2_provider.triggers.sora2 import Sora2JobTrigger
-from tests.support import TEST_API_KEY, with_heartbeat
+from tests.support import TEST_API_KEY, connection_json, with_heartbeat
 
 
 def submit(emulator, **overrides) -> str:
@@ -95,21 +95,28 @@ def test_a_job_whose_v2_record_expired_completes_from_the_history(sora2_conn):
     assert not [e for e in sora2_conn.request_log if e["endpoint"] in ("status", "result")]
 
 
-@pytest.mark.parametrize("tolerated", [True, False], ids=["rides-out", "gives-up"])
-def test_repeated_server_errors_are_ridden_out_then_reported(sora2_conn, tolerated):
+@pytest.mark.parametrize("give_up", [False, True], ids=["rides-out", "gives-up"])
+def test_repeated_server_errors_are_ridden_out_unless_max_outage_says_give_up(sora2_conn, monkeypatch, give_up):
     request_id = submit(sora2_conn)
-    # The hook itself retries each call (max_retries=5, so 6 answers per call); the trigger then tolerates
-    # up to max_transient_errors failed calls in a row.
-    failing_calls = 2 if tolerated else 3
-    sora2_conn.add_fault("history", "status", status=503, times=6 * failing_calls)
+    # The hook retries the first failed read 5 times; later reads of an outage are one call each. Twelve failed
+    # reads outlast the ten-error limit the trigger used to have.
+    sora2_conn.add_fault("history", "status", status=503, times=6 + 11)
+    extras = {"outage_backoff_max": 0.1, **({"max_outage": 0.3} if give_up else {})}
+    monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(sora2_conn.url, **extras))
 
-    trigger = Sora2JobTrigger(request_id, poll_interval=0.05, max_transient_errors=3)
-    event = asyncio.run(only_event(trigger))
+    event = asyncio.run(only_event(Sora2JobTrigger(request_id, poll_interval=0.05)))
 
-    if tolerated:
-        assert event["status"] == "completed"
+    if give_up:
+        assert event["status"] == "error" and event["retryable"] is True
+        assert "max_outage=0.3 s" in event["message"] and "HTTP 503" in event["message"]
     else:
-        assert event["status"] == "error" and "HTTP 503" in event["message"]
+        assert event["status"] == "completed"
+
+
+def test_a_trigger_serialized_with_max_transient_errors_still_loads(sora2_conn):
+    """Triggers serialized by earlier versions carry ``max_transient_errors``; they load and ride outages out."""
+    trigger = Sora2JobTrigger("req-1", poll_interval=0.05, max_transient_errors=10)
+    assert "max_transient_errors" not in trigger.serialize()[1]
 
 
 def test_airflow_is_only_touched_from_the_event_loop_thread(sora2_conn, monkeypatch):

@@ -223,7 +223,7 @@ def test_transient_errors_keep_the_sensor_waiting(sora2_conn, dag_runner, consol
 
     assert task_instances(run)["credits"].state == "success"
     assert [call["status"] for call in credits_calls(sora2_conn)] == [503] * 6 + [200]
-    assert "Could not read the Segmind balance, still waiting" in console.read()
+    assert "Segmind is unreachable for the balance of 'sora2_default'" in console.read()
 
 
 # -- acceptance 4: failing fast, timing out softly ---------------------------------------------------
