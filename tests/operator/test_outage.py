@@ -16,7 +16,7 @@ from sora2_provider.models import VideoRequest
 from sora2_provider.triggers._watcher import HistoryWatcher
 from sora2_provider.triggers.sora2 import Sora2JobTrigger
 from tests.operator.test_generate_video import charged, run_generate
-from tests.operator.test_job_trigger import first_event
+from tests.operator.test_job_trigger import only_event
 from tests.outage import FOREVER, LONGER_THAN_TEN_ERRORS, QUICK_OUTAGE_EXTRAS, outage, submitted
 from tests.sensor.test_credits_sensor import sensor_dag
 from tests.support import connection_json, task_instances, xcom_value
@@ -146,7 +146,7 @@ def test_the_shared_watcher_rides_out_an_outage_with_one_read_per_pause(quick_ou
     request_ids = submit_many(30)
 
     async def run_all():
-        return await asyncio.gather(*(first_event(Sora2JobTrigger(r, poll_interval=0.05)) for r in request_ids))
+        return await asyncio.gather(*(only_event(Sora2JobTrigger(r, poll_interval=0.05)) for r in request_ids))
 
     with outage(quick_outages) as down:
         events = asyncio.run(run_all())
@@ -165,7 +165,7 @@ def test_the_shared_watcher_gives_every_trigger_up_after_max_outage(give_up_afte
     request_ids = submit_many(5)
 
     async def run_all():
-        return await asyncio.gather(*(first_event(Sora2JobTrigger(r, poll_interval=0.05)) for r in request_ids))
+        return await asyncio.gather(*(only_event(Sora2JobTrigger(r, poll_interval=0.05)) for r in request_ids))
 
     with outage(give_up_after_one_second, refusals=FOREVER):
         events = asyncio.run(run_all())
