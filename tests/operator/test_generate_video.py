@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sora2_provider.triggers._render_times import RENDER_TIMES
-from tests.support import TEST_API_KEY, probe_mp4, task_instances, xcom_value
+from tests.support import TEST_API_KEY, connection_json, probe_mp4, task_instances, xcom_value
 
 XCOM_FIELDS = {
     "uri",
@@ -319,9 +319,14 @@ def test_orphaned_intent_with_policy_fail_refuses_to_resubmit(sora2_conn, dag_ru
     assert "on_orphaned_intent='fail'" in console.read()
 
 
-def test_orphaned_intent_with_an_unreadable_history_is_not_resubmitted(sora2_conn, dag_runner, file_output, console):
-    """The first submit got no answer it could trust (502), so a job may exist; the retry cannot read the request
-    history to find out: it fails rather than risk paying twice (the default policy is ``resubmit``)."""
+def test_orphaned_intent_with_an_unreadable_history_is_not_resubmitted(
+    sora2_conn, dag_runner, file_output, console, monkeypatch
+):
+    """The first submit got no answer it could trust (502), so a job may exist; the request history that would
+    tell stays unreadable past the connection's ``max_outage``: every try fails rather than risk paying twice (the
+    default policy is ``resubmit``)."""
+    extras = {"max_outage": 1, "outage_backoff_max": 0.2}
+    monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(sora2_conn.url, **extras))
     sora2_conn.add_fault("submit_v2", "status", status=502)
     sora2_conn.add_fault("history", "status", status=503, times=1000)
     run = run_generate(dag_runner, "gen_orphan_blind", retries=1, output_path=file_output, prompt="a kite", duration=4)
