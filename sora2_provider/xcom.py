@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sora2_provider.models import VideoRequest
+from sora2_provider.models import DownloadResult, VideoRequest
 
 __all__ = ["ERROR_XCOM_KEY", "video_result"]
 
@@ -15,11 +15,9 @@ ERROR_XCOM_KEY = "sora2_error"
 def video_result(
     uri: str,
     request: VideoRequest,
+    stored: DownloadResult,
     *,
-    size_bytes: int,
-    sha256: str,
     decision: str,
-    content_type: str | None = None,
     request_id: str | None = None,
     cost: float | None = None,
     remaining_credits: float | None = None,
@@ -27,8 +25,9 @@ def video_result(
     generation_seconds: float | None = None,
     resumed_from: str | None = None,
 ) -> dict[str, Any]:
-    """The operator's return value (plain JSON): where the video is, what made it, what it cost, and how this try
-    came to its job (``decision``: ``new_submit``, ``resumed``, ``adopted_from_history`` or ``existing_output``)."""
+    """The operator's return value (plain JSON): where the video is (``stored``: its bytes and sha256), what
+    made it, what it cost, and how this try came to its job (``decision``: ``new_submit``, ``resumed``,
+    ``adopted_from_history`` or ``existing_output``)."""
     return {
         "uri": uri,
         "request_id": request_id,
@@ -36,9 +35,9 @@ def video_result(
         "duration": request.duration,
         "size": request.size,
         "prompt": request.prompt,
-        "bytes": size_bytes,
-        "sha256": sha256,
-        "content_type": content_type or "video/mp4",
+        "bytes": stored.bytes,
+        "sha256": stored.sha256,
+        "content_type": stored.content_type or "video/mp4",
         "cost": cost,
         "remaining_credits": remaining_credits,
         "source_url": source_url,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import ObjectStoragePath
 
 from sora2_provider.compat import conf, task_state_store
+from sora2_provider.models import DownloadResult
 from sora2_provider.operators._job_spec import JobSpec
 from sora2_provider.state import JobStateStore, ObjectStateRecords, TaskStateRecords
 from sora2_provider.storage import inspect_video, to_object_storage_path
@@ -60,8 +61,8 @@ def existing_output(job: JobSpec) -> dict[str, Any] | None:
     found = inspect_video(job.output)
     if found is None:
         return None
-    size, sha256 = found
-    return video_result(job.uri, job.request, size_bytes=size, sha256=sha256, decision="existing_output")
+    stored = DownloadResult(bytes=found[0], sha256=found[1], content_type="video/mp4")
+    return video_result(job.uri, job.request, stored, decision="existing_output")
 
 
 def holds_noted_video(path: ObjectStoragePath, note: dict[str, Any]) -> bool:

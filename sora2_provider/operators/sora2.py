@@ -336,10 +336,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
         xcom = video_result(
             job.uri,
             job.request,
+            download,
             request_id=record.request_id,
-            size_bytes=download.bytes,
-            sha256=download.sha256,
-            content_type=download.content_type,
             cost=result.cost,
             remaining_credits=result.remaining_credits,
             source_url=result.output_url,
@@ -362,10 +360,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
         xcom = video_result(
             job.uri,
             job.request,
+            result.download,
             request_id=result.request_id,
-            size_bytes=result.download.bytes,
-            sha256=result.download.sha256,
-            content_type=result.download.content_type,
             cost=result.cost,
             remaining_credits=result.remaining_credits,
             generation_seconds=result.generation_seconds,

@@ -268,7 +268,7 @@ def test_failure_reasons_of_hook_errors_come_from_their_type_and_status():
     from sora2_provider.operators._failures import reason_of
     from sora2_provider.spend import Sora2SpendCapError
 
-    assert reason_of(Sora2SpendCapError("max_spend_per_day: refusing to submit ...")) == "spend_cap"
+    assert reason_of(Sora2SpendCapError("max_spend_per_day: refusing", cap=4.0, spent=3.6, estimate=0.8)) == "spend_cap"
     assert reason_of(Sora2JobFailedError("moderation", status_code=200)) == "job_failed"
     assert reason_of(Sora2AuthError("POST /v2/sora-2: key refused", status_code=401)) == "rejected"
     assert reason_of(Sora2ServerError("POST /v2/sora-2", status_code=503)) == "error"
