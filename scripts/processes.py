@@ -96,7 +96,7 @@ class Processes:
 
     def session(self, name: str) -> list[psutil.Process]:
         """The live processes of ``name``'s session: the leader and everything it forked, at any depth."""
-        return _in_sessions({self.pid(name)})
+        return in_sessions({self.pid(name)})
 
     def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 30) -> list[int]:
         """Send ``sig`` to every process of ``name``'s session, by PID, until none is left; return their PIDs."""
@@ -134,7 +134,7 @@ class Processes:
 
     def leftovers(self) -> list[str]:
         """Every process still alive in any session started here (empty once everything is stopped)."""
-        return [f"{p.pid} {' '.join(_cmdline(p))[:200]}" for p in _in_sessions(self.sessions)]
+        return [f"{p.pid} {' '.join(_cmdline(p))[:200]}" for p in in_sessions(self.sessions)]
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.log_dir / f"{name}.log"
@@ -145,7 +145,7 @@ def as_user(user: str | None) -> dict[str, Any]:
     return {} if user is None else {"user": user, "group": user, "extra_groups": []}
 
 
-def _in_sessions(sessions: set[int]) -> list[psutil.Process]:
+def in_sessions(sessions: set[int]) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
         with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess, psutil.ZombieProcess):
