@@ -19,7 +19,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import tenacity
@@ -318,7 +318,12 @@ class Sora2Hook(AsyncMixin, HistoryMixin, TransferMixin, BaseHook):
     def _transport_error(self, err: requests.RequestException, what: str, paid: PaidCall | None) -> Sora2Error:
         detail = f"{type(err).__name__}: {self._redact(str(err))}"
         if never_sent(err):
-            return Sora2ServerError(f"{what}: could not connect, nothing was sent ({detail})")
+            url = urlsplit(err.request.url if err.request and err.request.url else self.base_url)
+            where = f"{url.scheme}://{url.netloc}"
+            return Sora2ServerError(
+                f"{what}: could not connect to {where}, nothing was sent: is the Sora 2 emulator (`sora2-emulator`) "
+                f"running there, or is the host of connection {self.sora2_conn_id!r} wrong? ({detail})"
+            )
         if not isinstance(err, SENT_ERRORS):
             return Sora2Error(f"{what}: the request could not be made ({detail})")
         if paid is not None:
