@@ -155,11 +155,16 @@ class Sora2GenerateVideoOperator(BaseOperator):
             return self._collect(context, event)
 
     def _generate(self, context: Context) -> dict[str, Any]:
+        from sora2_provider.storage import missing_bucket
+
         job = self._prepare(context)
         warn_if_local_file_on_remote_workers(self, job.output)
         if job.existing is not None:
             self.log.info("A verified video from the same inputs is already at %s; nothing to pay for.", job.uri)
             return self._publish(context, job.existing)
+        if bucket := missing_bucket(job.output):
+            raise fail(f"output_path: the bucket {bucket!r} of {job.uri} does not exist: create it, or correct "
+                       "output_path or its connection; nothing was submitted")  # fmt: skip
         hook = job.hook()
         record = resolve_job(hook, job)
         metrics().job_decided(record.decision, model=record.model)
