@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         local.run()
     except Stop:
         return 0
+    except AssertionError as err:  # a component exited (scripts.processes): its log tail says why
+        print(f"make airflow: {err}", file=sys.stderr)
+        return 1
     finally:
         local.stop()
     return 0
