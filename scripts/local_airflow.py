@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -127,7 +128,8 @@ class LocalAirflow:
             answer.raise_for_status()
             self.token = answer.json()["access_token"]
         headers = {"Authorization": f"Bearer {self.token}"}
-        answer = requests.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
+        # 120 s: a loaded two-core machine with SQLite locked by four components can take that long to answer.
+        answer = requests.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=120, **kwargs)
         answer.raise_for_status()
         return answer.json() if answer.content else None
 
@@ -144,11 +146,15 @@ class LocalAirflow:
         pool = {"name": "sora2", "slots": 2, "include_deferred": True, "description": "Concurrent Sora 2 generations"}
         for path, entity in (("/connections", connection), ("/pools", pool)):
             action = {"action": "create", "entities": [entity], "action_on_existence": "overwrite"}
-            self.api("PATCH", path, json={"actions": [action]})
+            body = {"actions": [action]}
+            answer = self.wait(f"PATCH {path}", partial(self.api, "PATCH", path, json=body), READY_TIMEOUT)
+            if answer["create"]["errors"]:
+                raise SystemExit(f"PATCH {path} was refused: {answer['create']['errors']}")
 
     def trigger_example(self) -> str:
         self.wait(f"the DAG {EXAMPLE_DAG_ID} to be parsed", self.example_parsed, READY_TIMEOUT)
-        self.api("PATCH", f"/dags/{EXAMPLE_DAG_ID}", json={"is_paused": False})
+        unpause = {"is_paused": False}
+        self.wait("the example unpaused", partial(self.api, "PATCH", f"/dags/{EXAMPLE_DAG_ID}", json=unpause), 300)
         run_id = self.api("POST", f"/dags/{EXAMPLE_DAG_ID}/dagRuns", json={"logical_date": None})["dag_run_id"]
         self.say(f"Triggered {EXAMPLE_DAG_ID} ({run_id}); waiting for its video")
         return run_id
@@ -173,12 +179,22 @@ class LocalAirflow:
         return self.wait(f"the run {run_id}", finished, RUN_TIMEOUT)
 
     def wait(self, what: str, check: Any, timeout: float) -> Any:
+        """Poll ``check`` until it returns something; a slow or failed answer (a busy machine, SQLite locked) is
+        asked again until ``timeout``."""
         deadline = time.monotonic() + timeout
-        while not (result := check()):
+        last_error: Exception | None = None
+        while True:
+            try:
+                if result := check():
+                    return result
+            except requests.RequestException as err:
+                last_error = err
             if time.monotonic() > deadline:
-                raise SystemExit(f"gave up waiting {timeout:.0f} s for {what}; logs in {self.processes.log_dir}")
+                raise SystemExit(
+                    f"gave up waiting {timeout:.0f} s for {what} (last error: {last_error}); "
+                    f"logs in {self.processes.log_dir}"
+                )
             time.sleep(0.5)  # the poll interval of a deadline-bounded wait
-        return result
 
     def ready_block(self, run_id: str, state: str) -> str:
         tab = VIDEO_TAB.format(dag=EXAMPLE_DAG_ID, run=quote(run_id, safe=""), task=EXAMPLE_TASK_ID)
