@@ -164,6 +164,15 @@ def copy_atomically(
     return size, digest.hexdigest()
 
 
+def missing_bucket(path: ObjectStoragePath) -> str | None:
+    """The bucket (container) of an object-store ``path`` when it does not exist, else None. Checked before anything
+    is paid: a write would fail only after the job (and s3fs's ``mkdir`` would create the bucket)."""
+    bucket = getattr(path, "bucket", "")
+    if not bucket or isinstance(path.fs, LocalFileSystem) or path.fs.exists(bucket):
+        return None
+    return bucket
+
+
 def inspect_video(path: ObjectStoragePath) -> tuple[int, str] | None:
     """Size and sha256 of a stored MP4, or None when there is no complete MP4 at ``path``."""
     try:

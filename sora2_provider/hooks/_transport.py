@@ -251,7 +251,12 @@ class Transport:
     def _transport_error(self, err: requests.RequestException, what: str, paid: PaidCall | None) -> Sora2Error:
         detail = f"{type(err).__name__}: {self.redact(str(err))}"
         if never_sent(err):
-            return Sora2ServerError(f"{what}: could not connect, nothing was sent ({detail})")
+            url = urlsplit(err.request.url) if err.request is not None and err.request.url else None
+            where = f"{url.scheme}://{url.netloc}" if url else "its host"
+            return Sora2ServerError(
+                f"{what}: could not connect to {where}, nothing was sent: is the Sora 2 emulator (`sora2-emulator`) "
+                f"running there, or is the host of connection {self.conn_id!r} wrong? ({detail})"
+            )
         if not isinstance(err, SENT_ERRORS):
             return Sora2Error(f"{what}: the request could not be made ({detail})")
         if paid is not None:

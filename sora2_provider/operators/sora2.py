@@ -43,7 +43,7 @@ from sora2_provider.operators._waiting import (
     resolve_through_outage,
 )
 from sora2_provider.state import JobRecord, fingerprint, identity_key, utcnow
-from sora2_provider.storage import atomic_writer, to_object_storage_path
+from sora2_provider.storage import atomic_writer, missing_bucket, to_object_storage_path
 from sora2_provider.triggers.sora2 import Sora2JobTrigger
 from sora2_provider.xcom import video_result
 
@@ -178,6 +178,12 @@ class Sora2GenerateVideoOperator(BaseOperator):
         if existing is not None:
             self.log.info("A verified video from the same inputs is already at %s; nothing to pay for.", job.uri)
             return self._publish(context, existing)
+        if bucket := missing_bucket(job.output):
+            raise fail(
+                f"output_path: the bucket {bucket!r} of {job.uri} does not exist: create it, or correct output_path "
+                "or its connection; nothing was submitted",
+                "error",
+            )
         hook = self._checked_hook()
         decision = resolve_through_outage(
             hook,

@@ -531,9 +531,14 @@ def test_submit_429_is_retried_once_the_limit_resets(hook: Sora2Hook, hook_emula
 def test_submit_refused_connection_is_retried_then_reported(
     make_hook: Callable[..., Sora2Hook], caplog: pytest.LogCaptureFixture
 ) -> None:
-    hook = make_hook(max_retries=2, host=f"http://127.0.0.1:{free_port()}")
+    host = f"http://127.0.0.1:{free_port()}"
+    hook = make_hook(max_retries=2, host=host)
     err = raises(Sora2ServerError, lambda: hook.submit(REQUEST))
-    assert "nothing was sent" in str(err)
+    # What to do, first: the host, and that the emulator is not running there or the host is wrong.
+    assert str(err).startswith(
+        f"POST /v2/sora-2: could not connect to {host}, nothing was sent: is the Sora 2 emulator (`sora2-emulator`) "
+        "running there, or is the host of connection 'sora2_default' wrong? (ConnectionError: "
+    ), str(err)
     attempts = [r for r in caplog.records if r.name.startswith("urllib3") and "new HTTP connection" in r.getMessage()]
     assert len(attempts) == 3
 

@@ -611,6 +611,24 @@ def test_private_image_is_uploaded_and_used_as_input_reference(sora2_conn, dag_r
     assert requests.get(uploaded, timeout=5).content == image.read_bytes()
 
 
+def test_a_missing_output_bucket_fails_at_once_naming_it_and_nothing_is_paid(sora2_conn, aws_conn, dag_runner):
+    import boto3
+    import botocore.exceptions
+
+    output = "s3://aws_default@no-such-bucket/daily/out.mp4"
+    run = run_generate(dag_runner, "gen_no_bucket", output_path=output, prompt="a fern", duration=4, retries=2)
+    assert run.state == "failed"
+    assert sora2_conn.ledger == []  # nothing submitted, so nothing paid
+    assert [(ti.state, ti.try_number) for ti in task_instances(run).values()] == [("failed", 1)]  # no retry
+    assert xcom_value(run, "generate", key="sora2_error") == (
+        f"output_path: the bucket 'no-such-bucket' of {output} does not exist: create it, or correct output_path or "
+        "its connection; nothing was submitted"
+    )
+    s3 = boto3.client("s3", endpoint_url=aws_conn, region_name="us-east-1")
+    with pytest.raises(botocore.exceptions.ClientError):  # and the provider did not create it
+        s3.head_bucket(Bucket="no-such-bucket")
+
+
 def test_extra_links_point_at_the_stored_video(sora2_conn, aws_conn, dag_runner):
     output = "s3://aws_default@sora2-test/links/fern.mp4"
     run = run_generate(dag_runner, "gen_links", output_path=output, prompt="a fern", duration=4)
