@@ -42,9 +42,7 @@ def test_metrics_table_names_every_metric_the_module_emits():
     source = (ROOT / "sora2_provider" / "metrics.py").read_text()
     emitted = {re.sub(r"\{\w+\}", "<reason>", name) for name in re.findall(r'_emit\("\w+", f?"([^"]+)"', source)}
     table = set(re.findall(r"^\| `sora2\.([^`]+)` \|", (ROOT / "docs" / "metrics.md").read_text(), flags=re.M))
-    assert table == emitted
-    docstring = set(re.findall(r"^``sora2\.(\S+)``", source, flags=re.M))
-    assert docstring == emitted
+    assert table == emitted  # docs/metrics.md is the table's one home (metrics.py's docstring no longer repeats it)
 
 
 def test_statsd_example_sets_options_airflow_knows():
