@@ -20,6 +20,9 @@ PYTHON = {
     "test_dag_examples_parse (and the README's first DAG: test_readme_first_dag)": lambda code: "with DAG(" in code,
     "test_emulator_example_runs": lambda code: "Sora2Emulator(" in code,
     "test_facet_example_matches_the_shipped_schema_and_the_facet_class": lambda code: "SORA2_RUN_FACET = {" in code,
+    "tests/e2e/test_example_dags_*.py (the site includes the example DAG's file)": lambda code: bool(
+        re.fullmatch(r'--8<-- "example_dags/\w+\.py"\n', code)
+    ),
 }
 
 FIRST_DAG_COMMANDS = re.compile(
