@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # One pinned set per Airflow line (constraints/airflow-X.Y.txt); .venv and `make test` use the newest line.
 CONSTRAINTS := constraints/airflow-3.3.txt
 
-.PHONY: test lint typecheck pytest demo bench bench-quick test-ui test-cluster test-stores report acceptance-report \
+.PHONY: test lint typecheck pytest docs demo airflow bench bench-quick test-ui test-cluster test-stores report acceptance-report \
 	clean uv dist test-matrix
 
 uv:
@@ -29,7 +29,19 @@ typecheck: $(INSTALLED)
 pytest: $(INSTALLED)
 	$(VENV)/bin/pytest -m "not ui and not cluster and not stores" $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lint typecheck docs pytest
+
+# The documentation site (docs/, mkdocs.yml; MkDocs Material and mkdocstrings, the `docs` extra pinned in
+# $(CONSTRAINTS)) built into site/ with warnings as errors: a broken link, a missing page or an API reference that
+# no longer resolves fails it. `.venv/bin/mkdocs serve` shows it on http://127.0.0.1:8000 while you write. No --quiet: it hides the warnings that --strict counts, and the build passes.
+DOCS_INSTALLED := $(VENV)/.installed-docs
+
+docs: $(DOCS_INSTALLED)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+$(DOCS_INSTALLED): $(INSTALLED) pyproject.toml $(CONSTRAINTS)
+	$(UV) pip install --quiet --python $(PY) -c $(CONSTRAINTS) -e '.[test,s3,openlineage,docs]'
+	@touch $@
 
 # Browser tests of the Airflow UI (tests/ui, marker `ui`): Playwright drives Debian's Chromium, installed here with
 # apt when missing (as root, or through sudo). Playwright's own browser download is never used. The `ui` extra adds
@@ -96,9 +108,15 @@ acceptance-report: $(INSTALLED)
 	SORA2_ACCEPTANCE_RESULTS=$$results $(VENV)/bin/pytest tests/acceptance $(PYTEST_ARGS); status=$$?; \
 	$(PY) tests/acceptance/render_report.py $$results tests/acceptance/REPORT.md && rm -f $$results; exit $$status
 
+# A local Airflow to try the provider in (scripts/local_airflow.py), in the foreground until Ctrl-C: the example DAGs,
+# the emulator as `sora2_default`, one example run triggered; prints its Video tab URL. PORT=8081 picks another port.
+# Its home is .airflow/ (kept across restarts with the videos; `make clean` deletes it).
+airflow: $(INSTALLED)
+	$(PY) -m scripts.local_airflow $(if $(PORT),--port $(PORT)) $(AIRFLOW_ARGS)
+
 # Runs the sora2_daily_video example through Airflow (deferral included) against the local emulator.
 demo: $(INSTALLED)
-	$(PY) scripts/demo.py $(DEMO_ARGS)
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 # Benchmarks of issue #8 (bench/RESULTS.md): the full run takes under 15 minutes on two cores; bench-quick is the
 # small variant (make test runs it too, through tests/bench). Options: BENCH_ARGS="--only P2,P3" ...
@@ -122,4 +140,4 @@ test-matrix: dist
 	python3 scripts/matrix.py $(MATRIX_ARGS)
 
 clean:
-	rm -rf $(VENV) .matrix dist .mypy_cache .ruff_cache .stores
+	rm -rf $(VENV) .matrix dist .mypy_cache .ruff_cache .stores .airflow site

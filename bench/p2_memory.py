@@ -275,9 +275,9 @@ def _provider(args: argparse.Namespace) -> dict[str, Any]:
 def _first_use(uri: str) -> None:
     """What any first call loads once per process: the hook and its session, the store's client, a small write."""
     from sora2_provider.hooks.sora2 import Sora2Hook
+    from sora2_provider.job_events import JobWatch  # noqa: F401
     from sora2_provider.state import JobStateStore  # noqa: F401  (execute imports it lazily)
     from sora2_provider.storage import atomic_writer, to_object_storage_path
-    from sora2_provider.triggers._job_watch import JobWatch  # noqa: F401
 
     Sora2Hook().get_conn()
     warm = to_object_storage_path(uri.replace("out.mp4", "warm-up.bin"))

@@ -46,7 +46,13 @@ with DAG(
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     doc_md=__doc__,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    # Every task waits in the triggerer, checking every POLL_INTERVAL seconds; a failed try is retried twice.
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "deferrable": True,
+        "poll_interval": POLL_INTERVAL,
+    },
     tags=["sora2", "example"],
 ) as dag:
 
@@ -70,8 +76,6 @@ with DAG(
         model=MODEL,
         duration=DURATION,
         size=SIZE,
-        deferrable=True,
-        poll_interval=POLL_INTERVAL,
         max_cost=0.5,
     )
 

@@ -81,7 +81,13 @@ with DAG(
         )
     },
     user_defined_macros={"video_tab_url": video_tab_url},
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    # Every task waits in the triggerer, checking every POLL_INTERVAL seconds; a failed try is retried twice.
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "deferrable": True,
+        "poll_interval": POLL_INTERVAL,
+    },
     tags=["sora2", "example", "review"],
 ) as dag:
     generate_video = Sora2GenerateVideoOperator(
@@ -91,8 +97,6 @@ with DAG(
         model=MODEL,
         duration=DURATION,
         size=SIZE,
-        deferrable=True,
-        poll_interval=POLL_INTERVAL,
         max_cost=1.0,
     )
 

@@ -18,25 +18,23 @@ calling shell is ignored, so the demo never touches another Airflow installation
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from scripts.processes import LOCAL_API_KEY, Processes, start_emulator, without_airflow_settings
+
 REPO = Path(__file__).resolve().parent.parent
 DAG_ID = "sora2_daily_video"
-DEMO_API_KEY = "SG_demo_0000"
 BIN = Path(sys.executable).parent
 
 #: Log lines worth showing, as (pattern, label).
@@ -75,7 +73,7 @@ class Demo:
         base.mkdir(parents=True, exist_ok=True)
         # A new folder per run: an earlier video at the same place would be reused, with nothing to generate.
         self.output_dir = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=base))
-        self.children: list[subprocess.Popen[Any]] = []
+        self.processes = Processes(self.workdir)
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -84,8 +82,8 @@ class Demo:
 
     def airflow_env(self, emulator_url: str) -> dict[str, str]:
         """The calling environment without any AIRFLOW_* setting, plus the demo's own."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        connection = {"conn_type": "sora2", "host": emulator_url, "password": DEMO_API_KEY}
+        env = without_airflow_settings()
+        connection = {"conn_type": "sora2", "host": emulator_url, "password": LOCAL_API_KEY}
         env.update(
             AIRFLOW_HOME=str(self.airflow_home),
             AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "example_dags"),
@@ -98,57 +96,43 @@ class Demo:
         )
         return env
 
-    def spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a child in its own process group, so whatever it starts can be found and stopped too."""
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self.children.append(proc)
-        return proc
-
-    def run(self, argv: list[str], env: dict[str, str], log: Path, timeout: float) -> str:
-        """Run a command to completion, its output into ``log``; fail with the log's tail on error."""
-        with log.open("w") as handle:
-            proc = self.spawn(argv, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=self.workdir)
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise SystemExit(f"{' '.join(argv[:3])} took more than {timeout:.0f} s; log: {log}") from None
-        text = log.read_text(errors="replace")
+    def run(self, name: str, argv: list[str], env: dict[str, str], timeout: float) -> str:
+        """Run a command to completion, its output into ``<workdir>/<name>.log``; fail with the log's tail on error."""
+        proc = self.processes.start(name, argv, env, service=False)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"{' '.join(argv[:3])} took more than {timeout:.0f} s; log: {self.log(name)}") from None
+        text = self.log(name).read_text(errors="replace")
         if code != 0:
             tail = "\n".join(text.splitlines()[-40:])
-            raise SystemExit(f"{' '.join(argv[:3])} failed with exit code {code}:\n{tail}\n(full log: {log})")
+            command = " ".join(argv[:3])
+            raise SystemExit(f"{command} failed with exit code {code}:\n{tail}\n(full log: {self.log(name)})")
         return text
+
+    def log(self, name: str) -> Path:
+        return self.processes.log_dir / f"{name}.log"
 
     # -- steps --------------------------------------------------------------------------------------
 
     def start_emulator(self) -> str:
-        argv = [
-            sys.executable, "-m", "sora2_provider.testing.emulator",
-            "--host", "127.0.0.1", "--port", "0",
-            "--time-scale", str(self.args.time_scale),
-            "--api-key", DEMO_API_KEY, "--balance", "25",
-        ]  # fmt: skip
-        with (self.workdir / "emulator.log").open("w") as stderr:
-            proc = self.spawn(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=self.workdir)
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()], daemon=True).start()
-        try:
-            url = lines.get(timeout=30).strip()
-        except queue.Empty:
-            raise SystemExit("the Sora 2 emulator did not start within 30 s") from None
-        if not url.startswith("http"):
-            raise SystemExit(f"the Sora 2 emulator printed {url!r} instead of its URL")
+        url = start_emulator(self.processes, time_scale=self.args.time_scale, balance=25)
         render = 180 * self.args.time_scale
-        self.say(f"Sora 2 emulator (PID {proc.pid}) at {url}: a 180 s render takes {render:.1f} s here")
+        pid = self.processes.pid("emulator")
+        self.say(f"Sora 2 emulator (PID {pid}) at {url}: a 180 s render takes {render:.1f} s here")
         return url
 
     def migrate(self, env: dict[str, str]) -> None:
         self.say(f"Throwaway AIRFLOW_HOME {self.airflow_home} (SQLite); running `airflow db migrate`")
-        self.run([str(BIN / "airflow"), "db", "migrate"], env, self.workdir / "db-migrate.log", timeout=300)
+        self.run("db-migrate", [str(BIN / "airflow"), "db", "migrate"], env, timeout=300)
 
     def dags_test(self, env: dict[str, str]) -> str:
         self.say(f"Running `airflow dags test {DAG_ID}` (sensor -> generate, deferred -> check)")
         log = self.output_dir / "airflow-dags-test.log"
-        text = self.run([str(BIN / "airflow"), "dags", "test", DAG_ID], env, log, timeout=600)
+        try:
+            text = self.run("dags-test", [str(BIN / "airflow"), "dags", "test", DAG_ID], env, timeout=600)
+        finally:
+            shutil.copyfile(self.log("dags-test"), log)  # kept beside the video, after the workdir is deleted
         for line in text.splitlines():
             for pattern, label in HIGHLIGHTS:
                 if match := re.search(pattern, line):
@@ -192,29 +176,10 @@ class Demo:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def stop_children(self) -> None:
-        """Stop every process this demo started, by PID (and anything left in their process groups)."""
-        for proc in reversed(self.children):
-            if proc.poll() is None:
-                self.say(f"Stopping PID {proc.pid} ({Path(str(proc.args[0])).name} ...)")
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-            leftovers = _group_alive(proc.pid)
-            if leftovers:
-                self.say(f"Stopping what PID {proc.pid} left behind in its process group")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                deadline = time.monotonic() + 10
-                while _group_alive(proc.pid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        still = [proc.pid for proc in self.children if _group_alive(proc.pid)]
-        if still:
-            raise SystemExit(f"processes of process groups {still} are still running")
+        """Stop every process this demo started, by PID (and whatever is left in their sessions)."""
+        self.processes.stop(grace=10)
+        if left := self.processes.leftovers():
+            raise SystemExit(f"processes started by the demo are still running: {left}")
 
     def main(self) -> int:
         try:
@@ -238,16 +203,6 @@ def _run_summary(line: str) -> str:
     fields = dict(re.findall(r"(\w+)=([^,\s]+)", line))
     seconds = float(fields.get("run_duration", "nan"))
     return f"DAG run {fields.get('run_id')} finished: {fields.get('state')} in {seconds:.0f} s"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

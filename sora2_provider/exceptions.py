@@ -8,6 +8,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
+__all__ = [
+    "Sora2AuthError",
+    "Sora2ConfigError",
+    "Sora2DownloadError",
+    "Sora2Error",
+    "Sora2InsufficientCreditsError",
+    "Sora2JobFailedError",
+    "Sora2ModelRetiredError",
+    "Sora2NotFoundError",
+    "Sora2RateLimitedError",
+    "Sora2ServerError",
+    "Sora2SpendCapError",
+    "Sora2SubmitUncertainError",
+    "Sora2TransientError",
+    "Sora2ValidationError",
+]
+
 
 class Sora2Error(Exception):
     """Base of every error of this provider."""
@@ -62,6 +79,22 @@ class Sora2NotFoundError(Sora2Error):
 
 class Sora2ModelRetiredError(Sora2Error):
     """410: the model was retired."""
+
+
+class Sora2SpendCapError(Sora2Error):
+    """A paid call refused because it would take the rolling 24 h spend over ``max_spend_per_day``.
+
+    Nothing was sent to Segmind: no job exists and nothing was charged.
+    """
+
+    retryable = False
+    nothing_sent = True
+
+    def __init__(self, message: str, *, cap: float, spent: float, estimate: float) -> None:
+        self.cap = cap
+        self.spent = spent
+        self.estimate = estimate
+        super().__init__(message)
 
 
 class Sora2TransientError(Sora2Error):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
+__all__ = ["get_provider_info"]
+
 PLUGIN = {"name": "sora2", "plugin-class": "sora2_provider.plugins.sora2.Sora2Plugin"}
 
 

@@ -1,35 +1,30 @@
-"""OpenLineage for ``Sora2GenerateVideoOperator``: what its COMPLETE (and FAIL) events say.
-
-* output dataset: the stored video, named by OpenLineage's naming rules for its store: ``s3://bucket`` + key,
-  ``gs://bucket`` + key, ``file://<worker host>`` + absolute path, ``<protocol>://<bucket>`` + key elsewhere
-  (never the Airflow connection id);
-* input dataset: the reference image when it came from object storage or a local file (an http(s) URL is a
-  web resource, not a dataset);
-* run facet ``sora2`` (:class:`Sora2RunFacet`): model, duration, size, request id, cost, estimated cost, decision
-  and generation time; its JSON schema ships in the package (``sora2_provider/facets/sora2_run_facet.json``)
-  and is published at :data:`SCHEMA_URL`. No API key, prompt or signed output URL ever goes into an event.
-
-Only the OpenLineage provider calls this (through the operator's ``get_openlineage_facets_on_*`` methods), so the
-OpenLineage client is imported here at top level and nowhere at DAG parse.
+"""OpenLineage of ``Sora2GenerateVideoOperator``: the stored video, a reference image from storage and the ``sora2``
+run facet, built from the values of one run. Imported only when the OpenLineage provider asks.
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from airflow.providers.common.compat.openlineage.facet import (
+    InputDataset,
+    OutputDataset,
+    OutputStatisticsOutputDatasetFacet,
+)
+from airflow.providers.openlineage.extractors import OperatorLineage
 from attrs import define
 from openlineage.client.facet_v2 import RunFacet
 
-if TYPE_CHECKING:
-    from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
+from sora2_provider.models import estimate_cost
+from sora2_provider.storage import to_object_storage_path
+
+__all__ = ["FACET_NAME", "SCHEMA_FILE", "SCHEMA_URL", "Sora2RunFacet", "dataset_name", "operator_lineage"]
 
 SCHEMA_FILE = Path(__file__).with_name("facets") / "sora2_run_facet.json"
-SCHEMA_URL = (
-    "https://raw.githubusercontent.com/airflow-provider-sora2/airflow-provider-sora2/main/"
-    "sora2_provider/facets/sora2_run_facet.json#/$defs/Sora2RunFacet"
-)
+#: The facet's JSON schema is the package's own file: this path is relative to the installed package's root.
+SCHEMA_URL = "sora2_provider/facets/sora2_run_facet.json#/$defs/Sora2RunFacet"
 FACET_NAME = "sora2"
 
 
@@ -55,8 +50,6 @@ class Sora2RunFacet(RunFacet):
 
 def dataset_name(location: Any) -> tuple[str, str]:
     """(namespace, name) of an object-storage path or URL, by OpenLineage's naming rules."""
-    from sora2_provider.storage import to_object_storage_path
-
     path = to_object_storage_path(location) if not hasattr(location, "protocol") else location
     protocol = path.protocol if isinstance(path.protocol, str) else path.protocol[0]
     if protocol in ("file", "local"):
@@ -65,36 +58,45 @@ def dataset_name(location: Any) -> tuple[str, str]:
     return (f"{protocol}://{bucket}" if bucket else protocol), key
 
 
-def operator_lineage(operator: Sora2GenerateVideoOperator, task_instance: Any, *, failed: bool = False) -> Any:
-    """The ``OperatorLineage`` of one run of the operator (after it stored a video, or after it failed)."""
-    from airflow.providers.common.compat.openlineage.facet import (
-        InputDataset,
-        OutputDataset,
-        OutputStatisticsOutputDatasetFacet,
-    )
-    from airflow.providers.openlineage.extractors import OperatorLineage
-
-    from sora2_provider.models import estimate_cost
-
-    result = operator.sora2_result or {}
-    inputs: list[Any] = []
-    reference = operator.input_reference
-    if reference is not None and not (isinstance(reference, str) and reference.lower().startswith("http")):
-        location = reference if "://" in str(reference) else f"file://{reference}"
-        inputs.append(InputDataset(*dataset_name(location)))
+def operator_lineage(
+    result: dict[str, Any],
+    input_reference: Any,
+    *,
+    model: Any,
+    duration: Any,
+    size: Any,
+    failed: bool = False,
+) -> OperatorLineage:
+    """The ``OperatorLineage`` of one run: ``result`` is the operator's XCom dict (empty when nothing was stored);
+    ``model``, ``duration`` and ``size`` as the task was given them stand in for what the result lacks."""
     outputs: list[Any] = []
     if result.get("uri") and not failed:
         statistics = OutputStatisticsOutputDatasetFacet(size=result.get("bytes"), fileCount=1)
-        facets: dict[str, Any] = {"outputStatistics": statistics}
-        outputs.append(OutputDataset(*dataset_name(result["uri"]), outputFacets=facets))
-    model = str(result.get("model") or operator.model)
-    duration = int(result.get("duration") or operator.duration)
-    size = str(result.get("size") or operator.size or "")
+        outputs.append(OutputDataset(*dataset_name(result["uri"]), outputFacets={"outputStatistics": statistics}))
+    return OperatorLineage(
+        inputs=_reference_inputs(input_reference),
+        outputs=outputs,
+        run_facets={FACET_NAME: _run_facet(result, model, duration, size)},
+    )
+
+
+def _reference_inputs(reference: Any) -> list[Any]:
+    """A reference image from a local file or object storage is a dataset; an http(s) URL is not."""
+    if reference is None or (isinstance(reference, str) and reference.lower().startswith("http")):
+        return []
+    location = reference if "://" in str(reference) else f"file://{reference}"
+    return [InputDataset(*dataset_name(location))]
+
+
+def _run_facet(result: dict[str, Any], model: Any, duration: Any, size: Any) -> Sora2RunFacet:
+    model = str(result.get("model") or model)
+    duration = int(result.get("duration") or duration)
+    size = str(result.get("size") or size or "")
     try:
         estimated: float | None = estimate_cost(model, duration, size or None)
     except ValueError:
         estimated = None
-    facet = Sora2RunFacet(
+    return Sora2RunFacet(
         model=model,
         duration=duration,
         size=size,
@@ -104,4 +106,3 @@ def operator_lineage(operator: Sora2GenerateVideoOperator, task_instance: Any, *
         decision=result.get("decision"),
         generation_seconds=result.get("generation_seconds"),
     )
-    return OperatorLineage(inputs=inputs, outputs=outputs, run_facets={FACET_NAME: facet})

@@ -1,14 +1,5 @@
-"""Operator extra links: the stored video, and Segmind's own output URL (downloadable for 7 days).
-
-Airflow 3 calls ``get_link`` on the worker when the task ends and stores the answer in XCom under
-``xcom_key``; Airflow 2 calls it in the webserver on the deserialized operator, so there the link reads the
-task's returned XCom dict. The UI shows the value, but only when a browser can open it (http(s)), so an
-object-storage URI becomes its cloud console page (Azure: when the connection names the account's
-subscription and resource group). A ``file://`` video has no browser URL: the link
-stays empty and the location is in the XCom dict (``uri``).
-
-:func:`video_tab_url` addresses the Video tab of a generation task in the Airflow UI, for messages sent to
-people (a review request's body, a notification).
+"""Operator extra links (the stored video's console page, Segmind's output URL) and the Airflow UI address of a
+generation task's Video tab.
 """
 
 from __future__ import annotations
@@ -16,12 +7,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
-from airflow.providers.common.compat.sdk import BaseOperatorLink
+from airflow.providers.common.compat.sdk import BaseHook, BaseOperatorLink, conf
 
 from sora2_provider.compat import LINKS_STORED_BY_WORKER, returned_xcom
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import BaseOperator, TaskInstanceKey
+
+__all__ = [
+    "VIDEO_TAB_ROUTE",
+    "Sora2OutputLink",
+    "Sora2VideoLink",
+    "azure_account",
+    "azure_portal_url",
+    "browser_url",
+    "video_tab_url",
+]
 
 _CONSOLES = {
     "s3": "https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={key}",
@@ -73,8 +74,6 @@ def _azure_browser_url(parts: SplitResult) -> str:
     if not parts.username or not parts.hostname:
         return ""
     try:
-        from airflow.providers.common.compat.sdk import BaseHook
-
         conn = BaseHook.get_connection(parts.username)
     except Exception:  # no such connection: no link, never a failed task
         return ""
@@ -110,8 +109,6 @@ def video_tab_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1, b
     the Airflow UI itself (a link in a review request does). A mapped task instance adds ``/mapped/<index>``.
     """
     if base_url is None:
-        from airflow.providers.common.compat.sdk import conf
-
         base_url = conf.get("api", "base_url", fallback="") or ""
     path = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
     if map_index >= 0:

@@ -9,6 +9,29 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+__all__ = [
+    "DEFAULT_DURATION",
+    "DURATIONS",
+    "MAX_PROMPT_LENGTH",
+    "MODELS",
+    "TERMINAL_STATUSES",
+    "DownloadResult",
+    "HistoryRecord",
+    "JobResult",
+    "JobStatus",
+    "ModelSpec",
+    "SubmittedJob",
+    "SyncResult",
+    "VideoRequest",
+    "estimate_cost",
+    "get_model",
+    "plan_cost",
+    "validate_duration",
+    "validate_input_reference",
+    "validate_prompt",
+    "validate_size",
+]
+
 DURATIONS: tuple[int, ...] = (4, 8, 12)
 DEFAULT_DURATION = 8
 MAX_PROMPT_LENGTH = 5000

@@ -1,53 +1,36 @@
-"""The daily spend cap: the account's spend over the last 24 hours, read from Segmind's request history.
+"""The daily spend cap's arithmetic: the spend of the last 24 h from request-history rows, the cap in force,
+what is still allowed, and the refusal of a paid call that would go over it.
 
-``max_spend_per_day`` (credits, a rolling 24 h window) is a ``sora2`` connection extra; an operator's
-``max_spend_per_day`` may only lower it. Before each *new* paid call (``POST /v2/{model}``, ``POST /v1/{model}``)
-the hook sums the account's spend since 24 h ago: the ``credits_deduction`` of every COMPLETED request plus the
-estimated cost (price table of :mod:`sora2_provider.models`) of every request still PENDING (Segmind charges at
-completion). FAILED requests cost nothing. A call whose estimate would take that sum over the cap is refused
-before anything is sent, with :class:`Sora2SpendCapError` (not retryable). A resumed or adopted job sends no
-paid call, so it is never refused.
-
-Concurrency: the history shows a job once its submit has been answered, so two workers checking at the same
-moment both see the other's job missing. With at most ``P`` tasks running at once against the connection (a pool
-of ``P`` slots), the spend can exceed the cap by at most ``(P - 1) x`` the largest job's cost.
-
-Imported lazily (hook, operator, sensor and trigger import it inside methods): DAG parsing pays nothing.
+Pure functions of values: :class:`~sora2_provider.hooks.sora2.Sora2Hook` fetches the rows and applies the cap.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import Any
 
-from sora2_provider.exceptions import Sora2Error
-from sora2_provider.models import HistoryRecord, estimate_cost
+from sora2_provider.exceptions import Sora2SpendCapError
+from sora2_provider.models import HistoryRecord, VideoRequest, estimate_cost
 
-if TYPE_CHECKING:
-    from sora2_provider.hooks.sora2 import Sora2Hook
-    from sora2_provider.models import VideoRequest
+__all__ = [
+    "EXTRA",
+    "WINDOW",
+    "Sora2SpendCapError",
+    "Spend",
+    "allowance",
+    "effective_cap",
+    "parse_cap",
+    "refusal",
+    "row_spend",
+    "spend_of",
+]
 
 WINDOW = timedelta(hours=24)
 EXTRA = "max_spend_per_day"
 #: Credits are dollars with cents: sums are compared after rounding, so 5 x 0.8 is exactly 4.0.
 PRECISION = 6
-
-
-class Sora2SpendCapError(Sora2Error):
-    """A paid call refused because it would take the rolling 24 h spend over ``max_spend_per_day``.
-
-    Nothing was sent to Segmind: no job exists and nothing was charged.
-    """
-
-    retryable = False
-    nothing_sent = True
-
-    def __init__(self, message: str, *, cap: float, spent: float, estimate: float) -> None:
-        self.cap = cap
-        self.spent = spent
-        self.estimate = estimate
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -83,22 +66,9 @@ def parse_cap(value: Any, where: str) -> float | None:
     return cap
 
 
-def effective_cap(hook: Sora2Hook, lower_to: float | None = None) -> float | None:
-    """The cap in force: the connection's ``max_spend_per_day``, lowered (never raised) by ``lower_to``."""
-    from sora2_provider.exceptions import Sora2ConfigError
-
-    try:
-        conn_cap = parse_cap(hook.extras.get(EXTRA), f"connection {hook.sora2_conn_id!r}: extra {EXTRA}")
-    except ValueError as err:
-        raise Sora2ConfigError(str(err)) from None
+def effective_cap(conn_cap: float | None, lower_to: float | None) -> float | None:
+    """The cap in force: the connection's, lowered (never raised) by ``lower_to``; None when neither is set."""
     caps = [cap for cap in (conn_cap, lower_to) if cap is not None]
-    if lower_to is not None and conn_cap is not None and lower_to > conn_cap:
-        hook.log.warning(
-            "max_spend_per_day=%.2f cannot raise the connection's cap of %.2f credits; %.2f applies.",
-            lower_to,
-            conn_cap,
-            conn_cap,
-        )
     return min(caps) if caps else None
 
 
@@ -117,13 +87,11 @@ def row_spend(row: HistoryRecord) -> tuple[str, float]:
     return ("completed" if status == "COMPLETED" else "pending"), estimate
 
 
-def rolling_spend(hook: Sora2Hook, now: datetime | None = None) -> Spend:
-    """The account's spend over the last 24 h, from the request history (every model)."""
-    now = now or datetime.now(timezone.utc)
-    since = now - WINDOW
+def spend_of(rows: Iterable[HistoryRecord]) -> Spend:
+    """The spend of the history rows of the window (every model): charged plus the estimate of pending jobs."""
     charged = pending = 0.0
     completed_jobs = pending_jobs = 0
-    for row in hook.find_requests(since=since):
+    for row in rows:
         kind, credits = row_spend(row)
         if kind == "completed":
             charged += credits
@@ -134,37 +102,21 @@ def rolling_spend(hook: Sora2Hook, now: datetime | None = None) -> Spend:
     return Spend(round(charged, PRECISION), round(pending, PRECISION), completed_jobs, pending_jobs)
 
 
-def allowance(hook: Sora2Hook, lower_to: float | None = None) -> tuple[float, Spend] | None:
-    """(credits still allowed today, the spend) when a cap is in force, else None."""
-    cap = effective_cap(hook, lower_to)
-    if cap is None:
-        return None
-    spend = rolling_spend(hook)
-    return round(max(0.0, cap - spend.total), PRECISION), spend
+def allowance(cap: float, spend: Spend) -> float:
+    """Credits still allowed in the window."""
+    return round(max(0.0, cap - spend.total), PRECISION)
 
 
-def enforce_spend_cap(hook: Sora2Hook, request: VideoRequest) -> None:
-    """Refuse (before anything is sent) a paid call that would take the 24 h spend over the cap in force."""
-    cap = effective_cap(hook, hook.max_spend_per_day)
-    if cap is None:
-        return
-    from sora2_provider import metrics
-
+def refusal(request: VideoRequest, spend: Spend, cap: float) -> Sora2SpendCapError | None:
+    """The error refusing ``request`` when its estimate would take ``spend`` over ``cap``, else None."""
     estimate = request.estimated_cost
-    spend = rolling_spend(hook)
-    if round(spend.total + estimate, PRECISION) > round(cap, PRECISION):
-        metrics.spend_cap_refused(estimate, model=request.model)
-        raise Sora2SpendCapError(
-            f"max_spend_per_day: refusing to submit a {request.model} job ({request.duration} s, {request.size}) "
-            f"estimated at {estimate:.2f} credits: {spend.describe()}, and the cap is {cap:.2f} credits per "
-            f"rolling 24 h; nothing was submitted",
-            cap=cap,
-            spent=spend.total,
-            estimate=estimate,
-        )
-    hook.log.info(
-        "Spend cap: %s; this job's estimate %.2f keeps it within the cap of %.2f credits.",
-        spend.describe(),
-        estimate,
-        cap,
+    if round(spend.total + estimate, PRECISION) <= round(cap, PRECISION):
+        return None
+    return Sora2SpendCapError(
+        f"max_spend_per_day: refusing to submit a {request.model} job ({request.duration} s, {request.size}) "
+        f"estimated at {estimate:.2f} credits: {spend.describe()}, and the cap is {cap:.2f} credits per "
+        f"rolling 24 h; nothing was submitted",
+        cap=cap,
+        spent=spend.total,
+        estimate=estimate,
     )

@@ -1,14 +1,7 @@
 """The job record that lets a retry find the video it already paid for, and the note of what was stored.
 
-Two records per task instance, shared by every try: the *job record* (written before the paid submit as an
-intent, completed with the request id right after; identity is run-stable, the fingerprint tells whether the
-inputs are still the ones paid for) and the *output note* (what was stored at the output after success, so a
-rerun returns it without calling Segmind). They live in one of two homes:
-
-- :class:`TaskStateRecords`: Airflow's ``task_state_store`` (3.3+), rows in the metadata DB scoped to the dag
-  run, task and map index, readable from any worker. Nothing is written beside the output.
-- :class:`ObjectStateRecords`: small JSON objects in object storage, ``<output dir>/_sora2_state/`` (the fallback
-  where Airflow has no task state store) or under a root the user names (``state_path=`` / ``state_root``).
+Two homes for them: Airflow's task state store (:class:`TaskStateRecords`, 3.3+) or small JSON objects in object
+storage (:class:`ObjectStateRecords`: beside the output, or under a root the user names).
 """
 
 from __future__ import annotations
@@ -19,14 +12,31 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from sora2_provider.storage import atomic_writer
+
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     from sora2_provider.models import HistoryRecord, VideoRequest
 
+__all__ = [
+    "JOB_RECORD_KEY",
+    "OUTPUT_NOTE_KEY",
+    "STATE_DIR",
+    "JobRecord",
+    "JobStateStore",
+    "ObjectStateRecords",
+    "TaskStateRecords",
+    "fingerprint",
+    "identity_key",
+    "utcnow",
+]
+
 STATE_DIR = "_sora2_state"
+#: Keys of the job record and the output note in Airflow's task state store (also read by the plugin).
+JOB_RECORD_KEY, OUTPUT_NOTE_KEY = "sora2_job", "sora2_output"
 RECORD, OUTPUT_NOTE = "record", "output"
-TASK_STATE_KEYS = {RECORD: "sora2_job", OUTPUT_NOTE: "sora2_output"}
+TASK_STATE_KEYS = {RECORD: JOB_RECORD_KEY, OUTPUT_NOTE: OUTPUT_NOTE_KEY}
 
 
 def _digest(data: Any) -> str:
@@ -140,7 +150,7 @@ class TaskStateRecords(JobStateStore):
 
     def __init__(self, accessor: Any) -> None:
         self._accessor = accessor
-        self.location = f"the task state store of this task instance (key {TASK_STATE_KEYS[RECORD]!r})"
+        self.location = f"the task state store of this task instance (key {JOB_RECORD_KEY!r})"
 
     def _get(self, which: str) -> dict[str, Any] | None:
         value = self._accessor.get(TASK_STATE_KEYS[which])
@@ -198,7 +208,5 @@ def _read_json(path: ObjectStoragePath) -> dict[str, Any] | None:
 
 def _write_json(path: ObjectStoragePath, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    from sora2_provider.storage import atomic_writer
-
     with atomic_writer(path) as handle:
         handle.write(json.dumps(data, sort_keys=True, indent=1).encode())

@@ -8,12 +8,23 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
+from airflow.providers.common.compat.sdk import ObjectStoragePath
 from fsspec.implementations.local import LocalFileSystem, get_umask
+from fsspec.registry import known_implementations
 
-if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
+from sora2_provider._writers import S3PartWriter, WriteBackFile
+
+__all__ = [
+    "MP4_SIGNATURE",
+    "WRITE_BLOCK_SIZE",
+    "atomic_writer",
+    "copy_atomically",
+    "inspect_video",
+    "known_schemes",
+    "to_object_storage_path",
+]
 
 MP4_SIGNATURE = b"ftyp"
 READ_CHUNK = 1024 * 1024
@@ -26,8 +37,6 @@ def to_object_storage_path(value: Any, field_name: str = "output_path") -> Objec
 
     A bare path has no scheme and is refused: say ``file:///abs/path.mp4`` or ``s3://conn@bucket/key.mp4``.
     """
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-
     if isinstance(value, ObjectStoragePath):
         return value
     if not isinstance(value, str) or "://" not in value:
@@ -47,8 +56,6 @@ def to_object_storage_path(value: Any, field_name: str = "output_path") -> Objec
 
 
 def known_schemes() -> set[str]:
-    from fsspec.registry import known_implementations
-
     return {name for name in known_implementations if name not in {"http", "https"}} | {"file"}
 
 
@@ -101,8 +108,6 @@ def _open_transactional(path: ObjectStoragePath) -> Any:
     """A file whose data stays invisible until its ``commit()`` (``discard()`` drops it): for S3 our writer with
     parts in flight, elsewhere fsspec's transactional file."""
     if _is_s3(path.fs):
-        from sora2_provider._writers import S3PartWriter
-
         return S3PartWriter(path.fs, path.path, part_size=WRITE_BLOCK_SIZE, in_flight=PARTS_IN_FLIGHT)
     return path.fs.open(path.path, "wb", autocommit=False, block_size=WRITE_BLOCK_SIZE)
 
@@ -119,8 +124,6 @@ def _local_atomic_writer(target: Path) -> Iterator[IO[bytes]]:
     The staged file starts write-back while it is written (:class:`~sora2_provider._writers.WriteBackFile`), so
     the fsync before the rename has little left to flush.
     """
-    from sora2_provider._writers import WriteBackFile
-
     fd, staged = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with WriteBackFile(os.fdopen(fd, "wb", buffering=0)) as handle:
@@ -159,6 +162,15 @@ def copy_atomically(
                 f"nothing was written to {dst}"
             )
     return size, digest.hexdigest()
+
+
+def missing_bucket(path: ObjectStoragePath) -> str | None:
+    """The bucket (container) of an object-store ``path`` when it does not exist, else None. Checked before anything
+    is paid: a write would fail only after the job (and s3fs's ``mkdir`` would create the bucket)."""
+    bucket = getattr(path, "bucket", "")
+    if not bucket or isinstance(path.fs, LocalFileSystem) or path.fs.exists(bucket):
+        return None
+    return bucket
 
 
 def inspect_video(path: ObjectStoragePath) -> tuple[int, str] | None:

@@ -6,44 +6,54 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import Asset, BaseOperator
 
+from sora2_provider import metrics
+from sora2_provider._arguments import as_timedelta, credits, has_template, one_of, positive
 from sora2_provider.compat import conf
+from sora2_provider.exceptions import Sora2Error
+from sora2_provider.job_events import result_from_event, wait_failed
 from sora2_provider.links import Sora2OutputLink, Sora2VideoLink
-from sora2_provider.operators._job import (
-    Job,
-    as_timedelta,
-    call_hook,
-    connection_state_root,
-    fail,
-    failure_noted,
-    holds_noted_video,
-    job_state_store,
-    lineage,
-    metrics,
-    non_negative,
-    one_of,
-    output_uri,
-    positive,
-    result_from_event,
-    retryable,
+from sora2_provider.models import VideoRequest, get_model, validate_duration, validate_size
+from sora2_provider.operators._failures import fail, failure_noted, reason_of, retryable
+from sora2_provider.operators._job_spec import (
+    MODES,
+    ORPHANED_INTENT_POLICIES,
+    JobSpec,
+    check_connection_id,
     video_request,
-    wait_failed,
+)
+from sora2_provider.operators._output import (
+    existing_output,
+    job_state_store,
+    output_uri,
+    state_root,
     warn_if_local_file_on_remote_workers,
 )
 from sora2_provider.operators._pay_once import paid_call, resolve_job
+from sora2_provider.operators._waiting import (
+    already_ended,
+    deadline_after,
+    download_video,
+    finished_job,
+    poll_on_worker,
+    resolve_through_outage,
+)
+from sora2_provider.state import JobRecord, fingerprint, identity_key, utcnow
+from sora2_provider.storage import atomic_writer, missing_bucket, to_object_storage_path
+from sora2_provider.triggers.sora2 import Sora2JobTrigger
+from sora2_provider.xcom import video_result
 
 if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import Context, ObjectStoragePath
+    from airflow.providers.common.compat.sdk import Context
 
     from sora2_provider.hooks.sora2 import Sora2Hook
-    from sora2_provider.models import VideoRequest
-    from sora2_provider.state import JobRecord
 
-MODES = ("async", "sync")
-ORPHANED_INTENT_POLICIES = ("resubmit", "fail")
+__all__ = ["Sora2GenerateVideoOperator"]
+
 LITERAL_CHECKED_FIELDS = ("model", "duration", "size")
 
 
@@ -123,8 +133,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
         self.mode = one_of("mode", mode, MODES)
         self.deferrable = deferrable
         self.poll_interval = positive("poll_interval", poll_interval)
-        self.max_cost = None if max_cost is None else non_negative("max_cost", max_cost)
-        self.max_spend_per_day = non_negative("max_spend_per_day", max_spend_per_day, allow_none=True)
+        self.max_cost = None if max_cost is None else credits("max_cost", max_cost)
+        self.max_spend_per_day = None if max_spend_per_day is None else credits("max_spend_per_day", max_spend_per_day)
         self.overwrite = overwrite
         self.on_orphaned_intent = one_of("on_orphaned_intent", on_orphaned_intent, ORPHANED_INTENT_POLICIES)
         self.generation_timeout = as_timedelta("generation_timeout", generation_timeout)
@@ -138,12 +148,19 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     def _validate_literals(self) -> None:
         """Fail at DAG parse for model, duration or size given as plain values that can never work."""
-        from sora2_provider.models import get_model, validate_duration, validate_size
-
-        if any(isinstance(getattr(self, f), str) and "{{" in getattr(self, f) for f in LITERAL_CHECKED_FIELDS):
+        if any(has_template(getattr(self, field)) for field in LITERAL_CHECKED_FIELDS):
             return
         validate_duration(self.duration)
         validate_size(self.size, get_model(self.model))
+
+    @cached_property
+    def hook(self) -> Sora2Hook:
+        """The hook of ``sora2_conn_id``; its spend cap lowered by ``max_spend_per_day``."""
+        from sora2_provider.hooks.sora2 import Sora2Hook  # lazy: the hook pulls requests, not needed at DAG parse
+
+        hook = Sora2Hook(sora2_conn_id=self.sora2_conn_id)
+        hook.max_spend_per_day = self.max_spend_per_day
+        return hook
 
     # ------------------------------------------------------------------ entry points
 
@@ -157,127 +174,116 @@ class Sora2GenerateVideoOperator(BaseOperator):
             return self._collect(context, event)
 
     def _generate(self, context: Context) -> dict[str, Any]:
-        job = self._prepare(context)
-        warn_if_local_file_on_remote_workers(self, job.output)
-        if job.existing is not None:
+        job = self._job(context)
+        warn_if_local_file_on_remote_workers(self.executor, job.output, self.log)
+        existing = None if self.overwrite else existing_output(job)
+        if existing is not None:
             self.log.info("A verified video from the same inputs is already at %s; nothing to pay for.", job.uri)
-            return self._publish(context, job.existing)
-        hook = job.hook()
-        record = resolve_job(hook, job)
-        metrics().job_decided(record.decision, model=record.model)
-        if record.request_id is None:
-            return self._generate_sync(context, hook, job, record)
-        return self._wait_and_store(context, hook, job, record)
+            return self._publish(context, existing)
+        if bucket := missing_bucket(job.output):
+            raise fail(
+                f"output_path: the bucket {bucket!r} of {job.uri} does not exist: create it, or correct output_path "
+                "or its connection; nothing was submitted",
+                "error",
+            )
+        hook = self._checked_hook()
+        decision = resolve_through_outage(
+            hook,
+            lambda: resolve_job(
+                job, find_requests=hook.find_requests, upload_image=hook.upload_image, submit=hook.submit
+            ),
+            until=time.monotonic() + self.generation_timeout.total_seconds(),
+            interval=self.poll_interval,
+            stop=self._stop_polling,
+            log=self.log,
+        )
+        metrics.job_decided(decision.record.decision, model=decision.record.model)
+        if decision.record.request_id is None:
+            assert decision.request is not None  # a sync intent: this try sends the request
+            return self._generate_sync(context, hook, job, decision.request)
+        return self._wait_and_store(context, hook, job, decision.record)
 
     def _collect(self, context: Context, event: dict[str, Any] | None) -> dict[str, Any]:
-        job = self._prepare(context, check_existing=False)
-        hook = job.hook()
+        job = self._job(context)
+        hook = self._checked_hook()
         record = job.store.read()
         event = event or {}
         request_id = event.get("request_id") or (record.request_id if record else None)
         if record is None or request_id is None:
-            raise fail(f"the job record in {job.store.location} vanished while the task was deferred")
+            raise fail(f"the job record in {job.store.location} vanished while the task was deferred", "error")
         self._raise_if_failed(job, event)
         if event.get("status") == "error":
             raise wait_failed(request_id, event)
         return self._store(context, hook, job, record, event)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage: the stored video, a stored reference image and the ``sora2`` run facet (lineage.py)."""
-        return lineage().operator_lineage(self, task_instance)
+        """OpenLineage: the stored video, a stored reference image and the ``sora2`` run facet."""
+        return self._lineage(failed=False)
 
     def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
-        return lineage().operator_lineage(self, task_instance, failed=True)
+        return self._lineage(failed=True)
 
     def on_kill(self) -> None:
         """Stop worker-side polling; the job record stays so the next try resumes the paid job."""
         self._stop_polling.set()
 
-    # ------------------------------------------------------------------ preparation (no network)
+    # ------------------------------------------------------------------ preparation (no paid call)
 
-    def _prepare(self, context: Context, *, check_existing: bool = True) -> Job:
-        from sora2_provider.state import fingerprint, identity_key
-        from sora2_provider.storage import to_object_storage_path
-
+    def _job(self, context: Context) -> JobSpec:
+        """Bind this try's values: the validated request, the output, the job record store and the policies."""
         try:
             request = video_request(self.prompt, self.model, self.duration, self.size, self.input_reference)
             output = to_object_storage_path(self.output_path)
-            Job.check_connection_id(self.sora2_conn_id)
-            state_root = self._state_root()
-        except ValueError as err:
-            raise fail(str(err)) from None
+            conn_id = check_connection_id(self.sora2_conn_id)
+            root = state_root(self.state_path, self.hook.extras)
+        except (ValueError, Sora2Error) as err:
+            raise fail(str(err), "error") from None
         self._check_budget(request)
         ti = context["ti"]
         identity = identity_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
         reference = None if self.input_reference is None else str(self.input_reference)
-        job = Job(
-            operator=self,
+        return JobSpec(
+            conn_id=conn_id,
             request=request,
+            input_reference=reference,
             output=output,
             uri=output_uri(self.output_path),
-            store=job_state_store(context, output, identity, state_root),
+            store=job_state_store(context, output, identity, root),
             identity=identity,
-            fingerprint=fingerprint(request, self.sora2_conn_id, reference),
+            fingerprint=fingerprint(request, conn_id, reference),
+            mode=self.mode,
+            on_orphaned_intent=self.on_orphaned_intent,
+            log=self.log,
         )
-        if check_existing and not self.overwrite:
-            job.existing = self._existing_output(job)
-        return job
-
-    def _state_root(self) -> ObjectStoragePath | None:
-        """Where the job records go when the user names a place: ``state_path``, else the connection's
-        ``state_root`` extra; None leaves the choice to :func:`job_state_store`."""
-        from sora2_provider.storage import to_object_storage_path
-
-        if self.state_path is not None:
-            return to_object_storage_path(self.state_path, "state_path")
-        root = connection_state_root(self.sora2_conn_id)
-        return None if root is None else to_object_storage_path(root, "state_root")
 
     def _check_budget(self, request: VideoRequest) -> None:
         estimate = request.estimated_cost
         if self.max_cost is not None and estimate > self.max_cost:
             raise fail(
                 f"max_cost: the job would cost {estimate:.2f} credits ({request.model}, {request.duration} s, "
-                f"{request.size}), above max_cost={self.max_cost:.2f}; nothing was submitted"
+                f"{request.size}), above max_cost={self.max_cost:.2f}; nothing was submitted",
+                "max_cost",
             )
 
-    def _existing_output(self, job: Job) -> dict[str, Any] | None:
-        """The stored result when a complete video made from the same inputs is already at the output."""
-        meta = job.store.read_meta()
-        if meta and meta.get("fingerprint") != job.fingerprint:
-            self.log.info("The video at %s was made from other inputs; generating a new one.", job.uri)
-            return None
-        if meta:
-            return {**meta["xcom"], "decision": "existing_output"} if holds_noted_video(job.output, meta) else None
-        from sora2_provider.storage import inspect_video
-
-        found = inspect_video(job.output)
-        if found is None:
-            return None
-        size, sha256 = found
-        return {
-            **job.describe(),
-            "bytes": size,
-            "sha256": sha256,
-            "content_type": "video/mp4",
-            "decision": "existing_output",
-        }
+    def _checked_hook(self) -> Sora2Hook:
+        """The hook, with its connection checked (exists, has a key, sane host) before any network call."""
+        try:
+            self.hook.get_conn()
+        except Sora2Error as err:
+            raise fail(str(err), reason_of(err)) from None
+        return self.hook
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait_and_store(self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord) -> dict[str, Any]:
-        from sora2_provider.operators._waiting import already_ended
-
+    def _wait_and_store(self, context: Context, hook: Sora2Hook, job: JobSpec, record: JobRecord) -> dict[str, Any]:
         assert record.request_id is not None
         remaining = self._remaining(record)
         if self.deferrable and not (record.resumed_from and already_ended(hook, record.request_id)):
-            from sora2_provider.triggers.sora2 import Sora2JobTrigger
-
             self.log.info("Deferring while job %s renders (the worker slot is free).", record.request_id)
             self.defer(
                 trigger=Sora2JobTrigger(
                     record.request_id,
-                    self.sora2_conn_id,
+                    job.conn_id,
                     self.poll_interval,
                     submitted_at=record.submitted_at,
                     model=job.request.model,
@@ -293,96 +299,87 @@ class Sora2GenerateVideoOperator(BaseOperator):
             raise wait_failed(record.request_id, event)
         return self._store(context, hook, job, record)
 
-    def _remaining(self, record: JobRecord) -> timedelta:
-        from sora2_provider.state import utcnow
+    def _poll(self, hook: Sora2Hook, request_id: str, remaining: timedelta, *, fresh: bool = False) -> dict[str, Any]:
+        """Worker-side wait (``deferrable=False``), stopped by ``on_kill``."""
+        limit = f"generation_timeout={self.generation_timeout}"
+        return poll_on_worker(hook, request_id, remaining, interval=self.poll_interval, stop=self._stop_polling,
+                              log=self.log, limit=limit, fresh=fresh)
 
+    def _remaining(self, record: JobRecord) -> timedelta:
         remaining = record.started_at + self.generation_timeout - utcnow()
         if remaining <= timedelta(0):
             raise retryable(
                 f"job {record.request_id} has not finished within generation_timeout={self.generation_timeout} "
                 f"of its submit at {record.started_at.isoformat()}; the record is kept so a later try can still "
-                "collect the video if it completes"
+                "collect the video if it completes",
+                "timeout",
             )
         return remaining
 
-    def _poll(self, hook: Sora2Hook, request_id: str, remaining: timedelta, *, fresh: bool = False) -> dict[str, Any]:
-        """Worker-side wait (``deferrable=False``, see ``_waiting``), stopped by ``on_kill``."""
-        from sora2_provider.operators._waiting import poll_on_worker
-
-        limit = f"generation_timeout={self.generation_timeout}"
-        return poll_on_worker(hook, request_id, remaining, interval=self.poll_interval, stop=self._stop_polling,
-                              log=self.log, limit=limit, fresh=fresh)
-
-    def _raise_if_failed(self, job: Job, event: dict[str, Any]) -> None:
+    @staticmethod
+    def _raise_if_failed(job: JobSpec, event: dict[str, Any]) -> None:
         if event.get("status") == "failed":
             job.store.delete()  # a FAILED job is not billed: a retry may submit again
-            raise retryable(f"Sora 2 job {event.get('request_id')} FAILED (not billed): {event.get('message')}")
+            raise retryable(
+                f"Sora 2 job {event.get('request_id')} FAILED (not billed): {event.get('message')}", "job_failed"
+            )
 
     # ------------------------------------------------------------------ storing
 
     def _store(
-        self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord, event: dict[str, Any] | None = None
+        self, context: Context, hook: Sora2Hook, job: JobSpec, record: JobRecord, event: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Download the finished video into the output. When the trigger's event already carries the output URL
         and cost (read from the request history), no further keyed call is made."""
-        from sora2_provider.operators._waiting import finished_job
-        from sora2_provider.storage import atomic_writer
-
         assert record.request_id is not None
-        result = result_from_event(event) or finished_job(hook, record.request_id, self.log)
+        until, interval = deadline_after(record.started_at, self.generation_timeout), self.poll_interval
+        result = result_from_event(event) or finished_job(hook, record.request_id, self.log, until=until,
+                                                          interval=interval)
         if not result.output_url:
-            raise retryable(f"job {record.request_id} is {result.status} and has no output yet")
+            raise retryable(f"job {record.request_id} is {result.status} and has no output yet", "error")
         started = time.monotonic()
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_writer(job.output) as handle:
-            download = call_hook(hook.download, result.output_url, handle)
+        download = download_video(hook, result.output_url, job.output, until=until, interval=interval, log=self.log)
         self._log_transfer(download.bytes, time.monotonic() - started, job.uri)
-        xcom = {
-            **job.describe(),
-            "request_id": record.request_id,
-            "bytes": download.bytes,
-            "sha256": download.sha256,
-            "content_type": download.content_type or "video/mp4",
-            "cost": result.cost,
-            "remaining_credits": result.remaining_credits,
-            "source_url": result.output_url,
-            "generation_seconds": result.generation_seconds,
-            "decision": record.decision,
-            "resumed_from": record.resumed_from,
-        }
+        xcom = video_result(
+            job.uri,
+            job.request,
+            download,
+            request_id=record.request_id,
+            cost=result.cost,
+            remaining_credits=result.remaining_credits,
+            source_url=result.output_url,
+            generation_seconds=result.generation_seconds,
+            decision=record.decision,
+            resumed_from=record.resumed_from,
+        )
         return self._finish(context, job, xcom)
 
-    def _generate_sync(self, context: Context, hook: Sora2Hook, job: Job, record: JobRecord) -> dict[str, Any]:
+    def _generate_sync(self, context: Context, hook: Sora2Hook, job: JobSpec, request: VideoRequest) -> dict[str, Any]:
         """``mode="sync"``: one v1 call whose MP4 body streams straight into the output."""
-        from sora2_provider.storage import atomic_writer
-
-        request = job.sent_request or job.resolved_request(hook)
         self.log.info(
             "Calling v1 %s synchronously (estimated cost %.2f credits).", request.model, request.estimated_cost
         )
         started = time.monotonic()
         job.output.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(job.output) as handle:
-            result = paid_call(job, hook.generate_sync, request, handle)
+            result = paid_call(job.store, hook.generate_sync, request, handle)
         self._log_transfer(result.download.bytes, time.monotonic() - started, job.uri)
-        xcom = {
-            **job.describe(),
-            "request_id": result.request_id,
-            "bytes": result.download.bytes,
-            "sha256": result.download.sha256,
-            "content_type": result.download.content_type or "video/mp4",
-            "cost": result.cost,
-            "remaining_credits": result.remaining_credits,
-            "source_url": None,
-            "generation_seconds": result.generation_seconds,
-            "decision": "new_submit",
-            "resumed_from": None,
-        }
+        xcom = video_result(
+            job.uri,
+            job.request,
+            result.download,
+            request_id=result.request_id,
+            cost=result.cost,
+            remaining_credits=result.remaining_credits,
+            generation_seconds=result.generation_seconds,
+            decision="new_submit",
+        )
         return self._finish(context, job, xcom)
 
-    def _finish(self, context: Context, job: Job, xcom: dict[str, Any]) -> dict[str, Any]:
-        metrics().job_stored(estimated=job.request.estimated_cost, charged=xcom["cost"],
-                             generation_seconds=xcom["generation_seconds"], model=job.request.model)
+    def _finish(self, context: Context, job: JobSpec, xcom: dict[str, Any]) -> dict[str, Any]:
+        metrics.job_stored(estimated=job.request.estimated_cost, charged=xcom["cost"],
+                           generation_seconds=xcom["generation_seconds"], model=job.request.model)
         job.store.write_meta({"fingerprint": job.fingerprint, "bytes": xcom["bytes"], "xcom": xcom})
         job.store.delete()
         self.log.info(
@@ -392,8 +389,6 @@ class Sora2GenerateVideoOperator(BaseOperator):
 
     def _publish(self, context: Context, xcom: dict[str, Any]) -> dict[str, Any]:
         """Set the extra links and the metadata of any Asset outlet, and return the XCom dict."""
-        from airflow.providers.common.compat.sdk import Asset
-
         self.stored_video_uri = xcom["uri"]
         self.sora2_result = xcom  # read by get_openlineage_facets_on_complete
         self.segmind_output_url = xcom.get("source_url")
@@ -404,8 +399,20 @@ class Sora2GenerateVideoOperator(BaseOperator):
         return xcom
 
     def _log_transfer(self, size: int, seconds: float, uri: str) -> None:
-        metrics().downloaded(size, seconds)
+        metrics.downloaded(size, seconds)
         megabytes = size / 1e6
         self.log.info(
             "Downloaded %.1f MB to %s in %.1f s (%.1f MB/s).", megabytes, uri, seconds, megabytes / max(seconds, 1e-6)
+        )
+
+    def _lineage(self, *, failed: bool) -> Any:
+        from sora2_provider import lineage  # lazy: needs the OpenLineage provider, an optional extra
+
+        return lineage.operator_lineage(
+            self.sora2_result or {},
+            self.input_reference,
+            model=self.model,
+            duration=self.duration,
+            size=self.size,
+            failed=failed,
         )

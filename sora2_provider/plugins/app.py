@@ -1,19 +1,5 @@
-"""The FastAPI app behind the plugin's views, mounted by the api-server at ``/sora2`` (built on its first request).
-
-Routes (every one needs a signed-in Airflow user, resolved as the REST API does: the JWT of the
-``Authorization: Bearer`` header, else the UI's cookie; then the auth manager's rule for reading a DAG's XComs,
-``requires_access_dag("GET", XCOM)``, the one Airflow's own XCom routes apply):
-
-- ``GET /sora2/``: the Sora 2 page (recent generations of the DAGs the user may read, spend chart, balance).
-- ``GET /sora2/video?dag_id=&run_id=&task_id=&map_index=``: the Video tab of one task instance.
-- ``GET|HEAD /sora2/video/bytes?...``: that task instance's MP4, streamed with ``Range`` support.
-- ``GET /sora2/icon.svg``: the views' icon.
-
-A refusal or a bad identity answers one line (HTML for pages, text for the bytes) and the matching status: 401
-(not signed in), 403 (may not read the DAG; nothing about the video is looked up), 404 (no such DAG, run, task,
-map index or stored object), 400 (not a Sora 2 task, malformed identity, XCom uri that is not the task's
-``output_path``), 416 (a range past the end).
-"""
+"""The FastAPI app behind the plugin's views (the Sora 2 page, the Video tab, the MP4 bytes), mounted by the
+api-server at ``/sora2``; every route checks the signed-in user's right to read the DAG first."""
 
 from __future__ import annotations
 
@@ -23,6 +9,7 @@ import time
 from datetime import date, datetime, timezone
 from typing import Any
 
+from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.resource_details import ConnectionDetails, DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep, get_user, requires_access_dag
@@ -30,6 +17,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 
 from sora2_provider._http_range import RangeNotSatisfiable, byte_range
+from sora2_provider.compat import conf
+from sora2_provider.exceptions import Sora2Error
+from sora2_provider.hooks.sora2 import Sora2Hook
+from sora2_provider.models import MODELS
 from sora2_provider.plugins import media, pages
 from sora2_provider.plugins.records import (
     BadIdentity,
@@ -40,6 +31,8 @@ from sora2_provider.plugins.records import (
     recent_generations,
     spend_per_day,
 )
+
+__all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +89,6 @@ def sora2_page(
     model: str | None = None,
 ) -> HTMLResponse:
     """Recent generations of the DAGs the user may read, the spend per day and the balance."""
-    from sora2_provider.models import MODELS
-
     filters = Filters(dag_id or None, _day("since", since), _day("until", until), model or None)
     readable = _readable_dag_ids(user)
     now = datetime.now(timezone.utc)
@@ -183,8 +174,6 @@ def _day(name: str, value: str | None) -> date | None:
 
 
 def _auth_manager() -> Any:
-    from airflow.api_fastapi.app import get_auth_manager
-
     return get_auth_manager()
 
 
@@ -195,8 +184,6 @@ def _readable_dag_ids(user: Any) -> set[str]:
 
 def balance_conn_id() -> str:
     """The connection whose balance the Sora 2 page shows: ``[sora2] balance_conn_id``, default ``sora2_default``."""
-    from sora2_provider.compat import conf
-
     return conf.get("sora2", "balance_conn_id", fallback="sora2_default") or "sora2_default"
 
 
@@ -227,9 +214,6 @@ def _cached_balance(conn_id: str) -> tuple[dict[str, float] | None, str | None]:
 
 
 def _read_balance(conn_id: str) -> tuple[dict[str, float] | None, str | None]:
-    from sora2_provider.exceptions import Sora2Error
-    from sora2_provider.hooks.sora2 import Sora2Hook
-
     try:
         return Sora2Hook(conn_id, max_retries=0).get_credits(), None
     except Sora2Error as err:  # the provider's messages never hold the key

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from sora2_provider.plugins.records import BadIdentity
+from sora2_provider.storage import to_object_storage_path
 
 if TYPE_CHECKING:
     from sora2_provider.plugins.records import Generation
@@ -66,8 +67,6 @@ def _normal(location: str) -> str:
 
 def open_stored(uri: str) -> StoredVideo:
     """The object at ``uri`` through its connection; :class:`BadIdentity` 404 when it is no longer there."""
-    from sora2_provider.storage import to_object_storage_path
-
     try:
         path = to_object_storage_path(uri, "uri")
     except ValueError as err:

@@ -1,10 +1,5 @@
-"""What the metadata DB knows about generation task instances: read by the plugin's routes in the api-server.
-
-A *generation* is one task instance of :class:`~sora2_provider.operators.sora2.Sora2GenerateVideoOperator` with
-what its task left behind: the XCom ``return_value`` dict (the stored video), the XCom ``sora2_error`` (why its
-last try failed), its rendered template fields (``output_path``, ``prompt``, ``model``) and, on Airflow 3.3, its
-job record in the task state store (when a running job was submitted).
-"""
+"""What the metadata DB knows about generation task instances (their XComs, rendered fields and job records),
+read by the plugin's routes in the api-server only."""
 
 from __future__ import annotations
 
@@ -13,16 +8,21 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from airflow.models.dag import DagModel
+from airflow.models.dagrun import DagRun
+from airflow.models.renderedtifields import RenderedTaskInstanceFields as RTIF
+from airflow.models.taskinstance import TaskInstance as TI
+from airflow.models.xcom import XComModel
 from sqlalchemy import and_, func, or_, select
 
-from sora2_provider.operators._job import ERROR_XCOM_KEY as ERROR_KEY
+from sora2_provider.state import JOB_RECORD_KEY
+from sora2_provider.xcom import ERROR_XCOM_KEY as ERROR_KEY
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 OPERATOR = "Sora2GenerateVideoOperator"
 RESULT_KEY = "return_value"
-JOB_RECORD_KEY = "sora2_job"
 UNMAPPED = -1
 
 
@@ -39,7 +39,6 @@ class BadIdentity(Exception):
 @dataclass(frozen=True)
 class Identity:
     """One task instance: what the routes take instead of any path."""
-
     dag_id: str
     run_id: str
     task_id: str
@@ -72,7 +71,6 @@ class Identity:
 @dataclass
 class Generation:
     """A generation task instance and what it left in the metadata DB."""
-
     identity: Identity
     state: str | None
     start_date: datetime | None
@@ -152,8 +150,6 @@ def _ago(now: datetime, then: datetime | None) -> str:
 
 def load_generation(session: Session, identity: Identity) -> Generation:
     """The generation task instance ``identity`` names, or :class:`BadIdentity` saying what is wrong with it."""
-    from airflow.models.taskinstance import TaskInstance as TI
-
     ti = session.scalar(
         select(TI).where(
             TI.dag_id == identity.dag_id,
@@ -180,10 +176,6 @@ def load_generation(session: Session, identity: Identity) -> Generation:
 
 def _missing(session: Session, identity: Identity) -> str:
     """The first part of ``identity`` that names nothing, as one line."""
-    from airflow.models.dag import DagModel
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance as TI
-
     if session.scalar(select(DagModel.dag_id).where(DagModel.dag_id == identity.dag_id)) is None:
         return f"no DAG {identity.dag_id!r}"
     run = select(DagRun.id).where(DagRun.dag_id == identity.dag_id, DagRun.run_id == identity.run_id)
@@ -212,8 +204,6 @@ def _one_line(value: Any) -> str | None:
 
 def _xcoms(session: Session, identities: list[Identity]) -> dict[tuple[Identity, str], tuple[Any, datetime]]:
     """The ``return_value`` and ``sora2_error`` XComs of these task instances, deserialized."""
-    from airflow.models.xcom import XComModel
-
     if not identities:
         return {}
     rows = session.execute(
@@ -232,7 +222,6 @@ def _xcoms(session: Session, identities: list[Identity]) -> dict[tuple[Identity,
 def _rendered(session: Session, identities: list[Identity]) -> dict[Identity, dict[str, Any]]:
     """The rendered template fields of these task instances (Airflow keeps the last
     ``[core] max_num_rendered_ti_fields_per_task`` runs of each task)."""
-    from airflow.models.renderedtifields import RenderedTaskInstanceFields as RTIF
 
     if not identities:
         return {}
@@ -258,8 +247,8 @@ def _matches(model: Any, identities: list[Identity]) -> Any:
 def _job_record(session: Session, identity: Identity) -> dict[str, Any] | None:
     """The job record in the task state store (Airflow 3.3+); None where Airflow has none or it holds none."""
     try:
-        from airflow._shared.state import TaskScope
-        from airflow.state import get_state_backend
+        from airflow._shared.state import TaskScope  # lazy: version probe (Airflow 3.3+)
+        from airflow.state import get_state_backend  # lazy: version probe (Airflow 3.3+)
     except ImportError:  # Airflow 3.1, 3.2: the record lives beside the output; the TI's start date is used
         return None
     scope = TaskScope(
@@ -279,7 +268,6 @@ def _job_record(session: Session, identity: Identity) -> dict[str, Any] | None:
 @dataclass(frozen=True)
 class Filters:
     """The Sora 2 page's filters: one DAG, a date range (UTC days, inclusive) and a model."""
-
     dag_id: str | None = None
     since: date | None = None
     until: date | None = None
@@ -288,8 +276,6 @@ class Filters:
 
 def recent_generations(session: Session, dag_ids: set[str], filters: Filters, limit: int) -> list[Generation]:
     """The newest generation task instances of ``dag_ids`` (the DAGs the user may read) matching ``filters``."""
-    from airflow.models.taskinstance import TaskInstance as TI
-
     readable = dag_ids if filters.dag_id is None else dag_ids & {filters.dag_id}
     if not readable:
         return []
@@ -316,8 +302,6 @@ def recent_generations(session: Session, dag_ids: set[str], filters: Filters, li
 
 def generation_dag_ids(session: Session, dag_ids: set[str]) -> list[str]:
     """The DAGs among ``dag_ids`` that have generation task instances (the page's DAG filter)."""
-    from airflow.models.taskinstance import TaskInstance as TI
-
     if not dag_ids:
         return []
     query = select(TI.dag_id).where(TI.operator == OPERATOR, TI.dag_id.in_(dag_ids)).distinct()
@@ -327,8 +311,6 @@ def generation_dag_ids(session: Session, dag_ids: set[str]) -> list[str]:
 def spend_per_day(session: Session, dag_ids: set[str], today: date, days: int = 30) -> dict[date, float]:
     """Credits charged per UTC day over the last ``days`` days (today included), from the XCom ``cost`` of the
     generations of ``dag_ids``; every day is present, 0.0 when nothing was spent."""
-    from airflow.models.taskinstance import TaskInstance as TI
-    from airflow.models.xcom import XComModel
 
     first = today - timedelta(days=days - 1)
     totals = {first + timedelta(days=n): 0.0 for n in range(days)}

@@ -25,6 +25,8 @@ from airflow.providers.common.compat.sdk import AirflowPlugin
 from sora2_provider.compat import PLUGIN_APPS, PLUGIN_VIEWS
 from sora2_provider.links import VIDEO_TAB_ROUTE
 
+__all__ = ["Sora2App", "Sora2Plugin"]
+
 URL_PREFIX = "/sora2"
 PAGE_ROUTE = "sora2"
 #: Relative to the UI's ``<base href>``, so a deployment under a sub-path works. The UI fills the placeholders of a
@@ -40,7 +42,7 @@ class Sora2App:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self._app is None:
-            from sora2_provider.plugins.app import build_app
+            from sora2_provider.plugins.app import build_app  # lazy: the FastAPI app, api-server only
 
             self._app = build_app()
         await self._app(scope, receive, send)

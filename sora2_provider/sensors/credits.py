@@ -1,13 +1,9 @@
-"""Sensor that holds a DAG until the Segmind account can pay for the work it plans.
-
-This module is imported at every DAG parse: it imports neither ``requests`` nor the hook at top level.
-"""
+"""Sensor that holds a DAG until the Segmind account can pay for the work it plans."""
 
 from __future__ import annotations
 
 import ast
 import json
-import math
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -16,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue
 
+from sora2_provider._arguments import credits_from_text, is_literal
 from sora2_provider.compat import AirflowFailException, AirflowSensorTimeout, AirflowSkipException, conf
 from sora2_provider.exceptions import Sora2Error, Sora2TransientError
+from sora2_provider.job_events import Outage, OutagePolicy
 from sora2_provider.models import plan_cost
 from sora2_provider.triggers.credits import CreditCheck, CreditsTrigger, credit_error_message
 
@@ -26,7 +24,7 @@ if TYPE_CHECKING:
 
     from sora2_provider.hooks.sora2 import Sora2Hook
 
-_JINJA_MARKERS = ("{{", "{%", "{#")
+__all__ = ["CreditsSensor"]
 
 
 class CreditsSensor(BaseSensorOperator):
@@ -83,7 +81,7 @@ class CreditsSensor(BaseSensorOperator):
         self.respect_spend_cap = respect_spend_cap
         self.deferrable = deferrable
         self.sora2_conn_id = sora2_conn_id
-        if _is_literal(min_credits if jobs is None else jobs):
+        if is_literal(min_credits if jobs is None else jobs):
             self._required_credits_or_value_error()
 
     # -- the requirement -------------------------------------------------------------------------
@@ -91,7 +89,7 @@ class CreditsSensor(BaseSensorOperator):
     def _required_credits_or_value_error(self) -> float:
         if self.jobs is not None:
             return plan_cost(_parse_jobs(self.jobs))
-        return _parse_min_credits(self.min_credits)
+        return credits_from_text("min_credits", self.min_credits)
 
     def _required_credits(self) -> float:
         """Credits needed, from the rendered fields; a bad value fails the task (a retry cannot fix it)."""
@@ -104,28 +102,36 @@ class CreditsSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> Sora2Hook:
-        """The Sora 2 hook (imported here, not at module level, to keep DAG parsing light)."""
-        from sora2_provider.hooks.sora2 import Sora2Hook
+        """The Sora 2 hook of ``sora2_conn_id``."""
+        from sora2_provider.hooks.sora2 import Sora2Hook  # lazy: the hook pulls requests, not needed at DAG parse
 
         return Sora2Hook(sora2_conn_id=self.sora2_conn_id)
 
-    def _read_balance(self) -> dict[str, Any] | None:
-        """The balance, or ``None`` after a transient error (logged; the sensor keeps waiting)."""
-        try:
-            balance: dict[str, Any] = dict(self.hook.get_credits())
-            if self.respect_spend_cap:
-                from sora2_provider.spend import allowance
+    @cached_property
+    def _outage(self) -> Outage:
+        """Segmind failing since when (one line when it begins, one when it ends); the connection's ``max_outage``."""
+        return Outage(f"the balance of {self.sora2_conn_id!r}", OutagePolicy.from_extras(self.hook.extras), self.log)
 
-                allowed = allowance(self.hook)
+    def _read_balance(self) -> dict[str, Any] | None:
+        """The balance, or ``None`` during an outage (the sensor keeps waiting; ``max_outage`` gives up)."""
+        try:
+            outage = self._outage
+            with outage.single_attempts(self.hook):
+                balance: dict[str, Any] = dict(self.hook.get_credits())
+            if self.respect_spend_cap:
+                allowed = self.hook.spend_allowance()
                 if allowed is not None:
                     balance["allowance"] = allowed[0]
                     self.log.info("Spend cap: %s", allowed[1].describe())
-            return balance
         except Sora2TransientError as err:
-            self.log.warning("Could not read the Segmind balance, still waiting: %s", err)
+            outage.failed(err)
+            if outage.exhausted:
+                raise AirflowFailException(outage.gave_up(err)) from None
             return None
         except Sora2Error as err:  # a refused key, no credit record, an unusable connection: waiting cannot help
             raise AirflowFailException(credit_error_message(err, self.sora2_conn_id)) from err
+        outage.answered()
+        return balance
 
     def poke(self, context: Context) -> PokeReturnValue:
         required = self._required_credits()
@@ -190,40 +196,6 @@ class CreditsSensor(BaseSensorOperator):
         if status == "timeout":
             raise AirflowSensorTimeout(message)
         raise AirflowFailException(message)
-
-
-def _has_template(value: Any) -> bool:
-    if isinstance(value, str):
-        return any(marker in value for marker in _JINJA_MARKERS)
-    if isinstance(value, dict):
-        return any(_has_template(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_template(v) for v in value)
-    return False
-
-
-def _is_literal(value: Any) -> bool:
-    """True for a value known at parse time: no Jinja inside and not a lazy object such as an XComArg."""
-    plain = (str, int, float, bool, dict, list, tuple, type(None))
-    if isinstance(value, (list, tuple)):
-        return all(_is_literal(v) for v in value) and not _has_template(value)
-    if isinstance(value, dict):
-        return all(_is_literal(v) for v in value.values()) and not _has_template(value)
-    return isinstance(value, plain) and not _has_template(value)
-
-
-def _parse_min_credits(value: Any) -> float:
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
-    if number is None or not math.isfinite(number) or number < 0:
-        raise ValueError(f"min_credits: {value!r} is not a number of credits >= 0")
-    return number
 
 
 def _parse_jobs(value: Any) -> Any:

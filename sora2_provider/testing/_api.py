@@ -1,5 +1,6 @@
-"""The emulator's Segmind endpoints (see ``segmind-api.md``) and the HTTP details they share: request bodies,
-ranges, faults and the error pages a refused call answers with. :mod:`sora2_provider.testing.emulator` mounts them."""
+"""The emulator's Segmind endpoints (see ``segmind-api.md``) and the HTTP details they share: request bodies, ranges,
+faults and the error pages a refused call answers with. They work on the state, videos and connection-dropping
+callable they are given; :mod:`sora2_provider.testing._app` mounts them."""
 
 from __future__ import annotations
 
@@ -9,29 +10,26 @@ import binascii
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from starlette.concurrency import iterate_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.types import Scope
 
 from sora2_provider._http_range import RangeNotSatisfiable, byte_range
+from sora2_provider.testing._faults import Fault
 from sora2_provider.testing._history_query import HistoryQuery
-from sora2_provider.testing.backend import (
-    DEFAULT_FAIL_MESSAGE,
-    Fault,
-    Job,
-    Refusal,
-    rate_limit_headers,
-)
-from sora2_provider.testing.video import mp4_file, pad_mp4, padded_size
+from sora2_provider.testing._outputs import OutputVideos
+from sora2_provider.testing._refusal import Refusal, rate_limit_headers
+from sora2_provider.testing.backend import DEFAULT_FAIL_MESSAGE, EmulatorState, Job
+from sora2_provider.testing.video import pad_mp4
 
-if TYPE_CHECKING:
-    from sora2_provider.testing.emulator import Sora2Emulator
+DropConnection = Callable[[Scope], Awaitable[None]]
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
 
@@ -64,11 +62,12 @@ class _Call:
 
 
 class Api:
-    """The Segmind endpoints; each handler is one ``begin`` (faults, key, rate limit) and its own logic."""
+    """The Segmind endpoints; each handler is one ``begin`` (faults, key, rate limit) and its own logic.
 
-    def __init__(self, emulator: Sora2Emulator) -> None:
-        self.emulator = emulator
-        self.state = emulator._state
+    ``drop_connection`` closes a request's connection (and waits until it is gone), for the faults that need it."""
+
+    def __init__(self, state: EmulatorState, videos: OutputVideos, drop_connection: DropConnection) -> None:
+        self.state, self.videos, self.drop_connection = state, videos, drop_connection
 
     async def begin(self, request: Request, endpoint: str, keyed: bool = True) -> _Call:
         faults = self.state.take_faults(endpoint)
@@ -91,7 +90,7 @@ class Api:
         return Refusal(fault.status or 500, fault.message, headers)
 
     async def drop(self, request: Request) -> NoReturn:
-        await self.emulator.drop_connection(request.scope)
+        await self.drop_connection(request.scope)
         raise Dropped
 
     async def submit_v2(self, request: Request) -> Response:
@@ -170,12 +169,8 @@ class Api:
         return await self.mp4_response(request, job, {}, call.truncate_after, ranged=True, stall=call.stall)
 
     async def output_file(self, job: Job) -> tuple[Path, int]:
-        """The job's cached MP4 (encoded off the event loop when new) and the size it is served at."""
-        width, height = _dimensions(job.request.size)
-        path = await asyncio.to_thread(
-            mp4_file, width, height, job.request.duration, noise=self.emulator.noise_video
-        )
-        return path, padded_size(path.stat().st_size, self.emulator.pad_output_to)
+        """The job's MP4 (rendered off the event loop when new) and the size it is served at."""
+        return await asyncio.to_thread(self.videos.file, job)
 
     async def mp4_response(
         self,
@@ -219,7 +214,7 @@ class Api:
                 stall = None
             if after_bytes is not None and sent + len(chunk) >= after_bytes:
                 yield chunk[: after_bytes - sent]
-                await self.emulator.drop_connection(request.scope)
+                await self.drop_connection(request.scope)
                 return
             sent += len(chunk)
             yield chunk
@@ -248,7 +243,7 @@ class Api:
     async def history(self, request: Request) -> Response:
         call = await self.begin(request, "history")
         query = HistoryQuery.parse(dict(request.query_params))
-        jobs, total = self.state.history_jobs(call.api_key, query)
+        jobs, total = query.page_of(self.state.listed_jobs(call.api_key), time.time())
         rows = [self.state.history_row(job, _output_url(request, job)) for job in jobs]
         return JSONResponse({"data": rows, "page": query.page, "per_page": query.per_page, "total": total})
 
@@ -326,10 +321,3 @@ def _base_url(request: Request) -> str:
 
 def _output_url(request: Request, job: Job) -> str:
     return f"{_base_url(request)}/outputs/{job.request_id}.mp4"
-
-
-def _dimensions(size: str) -> tuple[int, int]:
-    width, height = size.split("x")
-    return int(width), int(height)
-
-

@@ -1,4 +1,5 @@
-"""The filters of the emulated ``GET /inference-request/request-history``, validated as Segmind does."""
+"""The emulated ``GET /inference-request/request-history`` query: its parameters validated as Segmind does, and the
+page of the jobs it is given that they select."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sora2_provider.testing.backend import Job, Refusal
+from sora2_provider.testing._refusal import Refusal
+from sora2_provider.testing.backend import Job
 
 HISTORY_STATUSES = ("COMPLETED", "FAILED", "PENDING")
 HISTORY_SORTS = ("model_created", "model_name", "credits_deduction")
@@ -41,6 +43,12 @@ class HistoryQuery:
         order = _choice_param(params, "sort_order", "desc", ("desc", "asc"))
         model = params.get("model_name") or None
         return cls(page, per_page, from_date, to_date, model, status, sort_by or "model_created", order == "desc")
+
+    def page_of(self, jobs: Iterable[Job], now: float) -> tuple[list[Job], int]:
+        """The requested page of the ``jobs`` that match, in the requested order, and how many match in all."""
+        matching = sorted((job for job in jobs if self.matches(job, now)), key=self.sort_key, reverse=self.descending)
+        first = (self.page - 1) * self.per_page
+        return matching[first : first + self.per_page], len(matching)
 
     def matches(self, job: Job, now: float) -> bool:
         created = datetime.fromtimestamp(job.created_at, tz=timezone.utc).date()

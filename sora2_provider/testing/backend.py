@@ -1,9 +1,7 @@
-"""The emulated Segmind account service: keys, balances, jobs, faults, history. No HTTP here.
+"""The emulated Segmind account service: keys, balances, jobs, faults, history; no HTTP here.
 
-Everything is computed from the clock when asked (no background threads): a job is QUEUED for the
-first 5% of its scaled generation time, then PROCESSING, then COMPLETED (charged exactly once, the
-first time any request or control read looks after its completion time) or FAILED (never charged).
-A refusal is raised as :class:`Refusal`, which the HTTP layer turns into the contract's answer.
+Public and stable, like the rest of :mod:`sora2_provider.testing`. Job states are computed from the clock
+when asked; a refusal is raised as :class:`Refusal`, which the HTTP layer turns into the contract's answer.
 """
 
 from __future__ import annotations
@@ -12,81 +10,30 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sora2_provider.models import DEFAULT_DURATION, MODELS, VideoRequest
+from sora2_provider.testing._faults import ENDPOINTS, FAULT_KINDS, FAULT_STATUSES, Fault, check_fault
+from sora2_provider.testing._refusal import Refusal, iso, rate_limit_headers
 
-if TYPE_CHECKING:
-    from sora2_provider.testing._history_query import HistoryQuery
+__all__ = [
+    "DEFAULT_FAIL_MESSAGE",
+    "ENDPOINTS",
+    "FAULT_KINDS",
+    "FAULT_STATUSES",
+    "Account",
+    "EmulatorState",
+    "Fault",
+    "Job",
+    "Refusal",
+    "iso",
+    "rate_limit_headers",
+]
 
-ENDPOINTS = (
-    "submit_v2",
-    "submit_v1",
-    "status",
-    "result",
-    "download",
-    "credits",
-    "upload",
-    "asset",
-    "history",
-    "history_item",
-)
-FAULT_KINDS = ("status", "reset", "slow", "truncate", "fail_job", "submit_502_after_create", "submit_drop_after_create")
-FAULT_ENDPOINTS = {
-    "truncate": ("download", "submit_v1"),
-    "fail_job": ("submit_v2", "submit_v1"),
-    "submit_502_after_create": ("submit_v2",),
-    "submit_drop_after_create": ("submit_v2",),
-}
 QUEUED_FRACTION = 0.05
 RECORD_TTL_SECONDS = 3600.0
 OUTPUT_TTL_SECONDS = 7 * 24 * 3600.0
 DEFAULT_FAIL_MESSAGE = "Video generation failed: the model could not render this prompt"
-
-_ERROR_MESSAGES = {
-    400: "Invalid request parameters",
-    401: "Invalid API key",
-    403: "Model not allowed for this account",
-    404: "Not found",
-    406: "Insufficient credits",
-    410: "Model retired",
-    422: "Validation error",
-    429: "Rate limit exceeded",
-    500: "Internal server error",
-    503: "Service temporarily unavailable",
-}
-_GATEWAY_PAGES = {405: "405 Not Allowed", 502: "502 Bad Gateway", 504: "504 Gateway Time-out"}
-FAULT_STATUSES = tuple(sorted({*_ERROR_MESSAGES, *_GATEWAY_PAGES}))
-
-
-class Refusal(Exception):
-    """An error answer: HTTP ``status`` with a JSON ``{"error": ...}`` body, or an HTML page for 405/502/504."""
-
-    def __init__(self, status: int, message: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message or _ERROR_MESSAGES.get(status) or _GATEWAY_PAGES.get(status, f"HTTP {status}"))
-        self.status = status
-        self.message = str(self)
-        self.headers = headers or {}
-        self.html = message is None and status in _GATEWAY_PAGES
-
-    @property
-    def body(self) -> str | dict[str, str]:
-        """The JSON body, or the nginx-like HTML page a gateway answers with."""
-        if not self.html:
-            return {"error": self.message}
-        title = self.message
-        return f"<html><head><title>{title}</title></head><body><center><h1>{title}</h1></center><hr></body></html>"
-
-
-def rate_limit_headers(reset_at: float) -> dict[str, str]:
-    """The header of a 429: when the window resets, as an ISO 8601 UTC time."""
-    return {"x-rate-limit-reset-at-utc": iso(reset_at)}
-
-
-def iso(epoch: float) -> str:
-    """``2025-01-31T12:00:00.000Z`` for an epoch time."""
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -100,6 +47,9 @@ class Account:
     def available(self) -> float:
         return (self.credits or 0.0) + self.free_credits
 
+    def as_dict(self) -> dict[str, float | None]:
+        return {"credits": self.credits, "free_credits": self.free_credits}
+
     def debit(self, amount: float) -> None:
         """Take ``amount`` from the free credits first, the rest from the credits."""
         from_free = min(self.free_credits, amount)
@@ -109,7 +59,8 @@ class Account:
 
 @dataclass
 class Job:
-    """One accepted generation (v1 or v2); its status is derived from the clock."""
+    """One accepted generation (v1 or v2); its status is derived from the clock: QUEUED for the first 5% of its
+    scaled generation time, then PROCESSING, then COMPLETED (charged once) or FAILED (never charged)."""
 
     request_id: str
     api_key: str
@@ -164,20 +115,6 @@ class Job:
             "error": self.fail_message if self.status(now) == "FAILED" else None,
             "api_key_suffix": self.api_key[-4:] if len(self.api_key) > 8 else "",
         }
-
-
-@dataclass
-class Fault:
-    """A misbehaviour for calls ``first_call`` .. ``last_call`` (1-based counts) of ``endpoint``."""
-
-    endpoint: str
-    kind: str
-    first_call: int
-    last_call: int
-    status: int | None = None
-    message: str | None = None
-    delay: float | None = None
-    after_bytes: int | None = None
 
 
 @dataclass
@@ -270,7 +207,7 @@ class EmulatorState:
         after_bytes: int | None = None,
     ) -> None:
         """Make calls ``on_call`` .. ``on_call + times - 1`` of ``endpoint`` (counted from now) misbehave."""
-        _check_fault(endpoint, kind, on_call, times, status, delay, after_bytes)
+        check_fault(endpoint, kind, on_call, times, status, delay, after_bytes)
         with self.lock:
             done = self.calls.get(endpoint, 0)
             first = done + on_call
@@ -400,9 +337,18 @@ class EmulatorState:
             peak = max(peak, running)
         return peak
 
+    def charges(self) -> dict[str, float]:
+        """``request_id -> credits charged`` for every charged job."""
+        return {entry["request_id"]: entry["charged"] for entry in self.ledger() if entry["charged"]}
+
     def log_request(self, entry: dict[str, Any]) -> None:
         with self.lock:
             self.request_log.append(entry)
+
+    def logged_requests(self) -> list[dict[str, Any]]:
+        """A copy of the request log."""
+        with self.lock:
+            return [dict(entry) for entry in self.request_log]
 
     def reset(self) -> None:
         """Forget faults, jobs (ledger and history), uploads, call counts, rate windows and the request log."""
@@ -455,33 +401,8 @@ class EmulatorState:
                 raise Refusal(404, f"Request {request_id} not found")
             return job
 
-    def history_jobs(self, api_key: str, query: HistoryQuery) -> tuple[list[Job], int]:
-        """One page of the key's jobs matching ``query``, and the total number that match."""
+    def listed_jobs(self, api_key: str) -> list[Job]:
+        """The key's jobs that request-history listings show (every one not :meth:`unlist`-ed), settled by now."""
         with self.lock:
             self.settle()
-            now = time.time()
-            matching = [
-                job for job in self.jobs.values() if job.listed and job.api_key == api_key and query.matches(job, now)
-            ]
-        matching.sort(key=query.sort_key, reverse=query.descending)
-        first = (query.page - 1) * query.per_page
-        return matching[first : first + query.per_page], len(matching)
-
-
-def _check_fault(
-    endpoint: str, kind: str, on_call: int, times: int, status: int | None, delay: float | None, after_bytes: int | None
-) -> None:
-    if endpoint not in ENDPOINTS:
-        raise ValueError(f"endpoint: {endpoint!r} is not one of {', '.join(ENDPOINTS)}")
-    if kind not in FAULT_KINDS:
-        raise ValueError(f"kind: {kind!r} is not one of {', '.join(FAULT_KINDS)}")
-    if endpoint not in FAULT_ENDPOINTS.get(kind, ENDPOINTS):
-        raise ValueError(f"kind {kind!r} applies only to {', '.join(FAULT_ENDPOINTS[kind])}")
-    if on_call < 1 or times < 1:
-        raise ValueError("on_call and times must be at least 1")
-    if kind == "status" and status not in FAULT_STATUSES:
-        raise ValueError(f"status: {status!r} is not one of {', '.join(map(str, FAULT_STATUSES))}")
-    if kind == "slow" and (delay is None or delay < 0):
-        raise ValueError("a 'slow' fault needs delay >= 0 (seconds)")
-    if kind == "truncate" and (after_bytes is None or after_bytes < 0):
-        raise ValueError("a 'truncate' fault needs after_bytes >= 0")
+            return [job for job in self.jobs.values() if job.listed and job.api_key == api_key]

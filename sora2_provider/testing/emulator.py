@@ -1,16 +1,8 @@
 """A local emulator of Segmind's Sora 2 API (see ``segmind-api.md``), for tests and demos without paying.
 
-Use it from Python::
-
-    with Sora2Emulator(time_scale=0.01) as emulator:
-        hook = ...(base_url=emulator.url + "/v1", api_key="SG_emulator")
-
-or from a shell: ``sora2-emulator --port 8765 --time-scale 0.01`` (also ``python -m sora2_provider.testing.emulator``).
-
-It serves the inference host (``/v1``, ``/v2``), the upload host (``/upload-asset``) and the history host
-(``/inference-request/...``) on one port, plus test controls under ``/_emulator/`` that need no key. Generation
-and expiry times are the real ones multiplied by ``time_scale``; the rate-limit window is in real seconds.
-The API key is never logged or recorded (the ledger keeps its last 4 characters).
+Public and stable: :class:`Sora2Emulator` and its control methods, and the ``sora2-emulator`` command (also
+``python -m sora2_provider.testing.emulator``). It serves the inference, upload and history hosts on one port,
+plus key-less test controls under ``/_emulator/``; every completed job's video is a test card of its request.
 """
 
 from __future__ import annotations
@@ -23,20 +15,16 @@ import threading
 import time
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
-from sora2_provider.testing._api import Api, Dropped, dropped, json_object, refusal_response, required, routing_error
-from sora2_provider.testing.backend import EmulatorState, Refusal
+from sora2_provider.testing._app import build_app
+from sora2_provider.testing._outputs import OutputVideos
+from sora2_provider.testing.backend import EmulatorState
+
+__all__ = ["DEFAULT_API_KEY", "DEFAULT_BALANCE", "Sora2Emulator", "main"]
 
 DEFAULT_API_KEY = "SG_emulator"
 DEFAULT_BALANCE = 100.0
-_LOG_ENTRY = "sora2.log_entry"
-_LOGGED = "sora2.logged"
 
 
 class Sora2Emulator:
@@ -60,19 +48,21 @@ class Sora2Emulator:
     ) -> None:
         """``api_keys`` maps each accepted key to its credits (default ``{"SG_emulator": 100.0}``).
 
-        ``pad_output_to`` serves every MP4 padded to that many bytes (a trailing ``free`` box), when it
-        is at least 8 bytes more than the real file. ``noise_video`` serves MP4s of random pixels, of a real video's
-        weight (megabytes, not kilobytes). ``retired_models`` answer 410, ``forbidden_models`` 403.
+        Every completed job's MP4 is a test card showing its prompt, model, size, duration and request id, with a
+        running timecode. ``pad_output_to`` serves every MP4 padded to that many bytes (a trailing ``free`` box),
+        when it is at least 8 bytes more than the real file. ``noise_video`` serves MP4s of random pixels instead,
+        of a real video's weight (megabytes a second). ``retired_models`` answer 410, ``forbidden_models`` 403.
         """
         self.host, self.port, self.pad_output_to = host, port, pad_output_to
         self.noise_video = noise_video
+        self._videos = OutputVideos(pad_output_to, noise_video)
         self._state = EmulatorState(time_scale, record_ttl_seconds, rate_limit_rpm, rate_limit_window)
         for key, credits in (api_keys if api_keys is not None else {DEFAULT_API_KEY: DEFAULT_BALANCE}).items():
             self._state.set_balance(key, credits, free_credits)
         for models, state in ((retired_models, "retired"), (forbidden_models, "forbidden")):
             for model in models:
                 self._state.set_model_state(model, state)
-        self.app: ASGIApp = _RequestLog(_build_app(self), self._state)
+        self.app: ASGIApp = build_app(self._state, self._videos, self._close_connection)
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -81,7 +71,7 @@ class Sora2Emulator:
 
     def start(self) -> Sora2Emulator:
         """Serve in a daemon thread; return once the port is bound and :attr:`url` is set."""
-        import uvicorn
+        import uvicorn  # lazy: uvicorn (emulator extra), loaded only when the emulator starts serving
 
         if self._server is not None:
             return self
@@ -114,7 +104,7 @@ class Sora2Emulator:
             time.sleep(0.005)
 
     def stop(self) -> None:
-        """Stop serving (in-flight answers get one second to finish)."""
+        """Stop serving (in-flight answers get one second to finish) and delete the rendered videos."""
         if self._server is None or self._thread is None:
             return
         self._server.should_exit = True
@@ -123,6 +113,7 @@ class Sora2Emulator:
             self._server.force_exit = True
             self._thread.join(timeout=5)
         self._server = self._thread = None
+        self._videos.clear()
 
     def __enter__(self) -> Sora2Emulator:
         return self.start()
@@ -138,8 +129,7 @@ class Sora2Emulator:
 
     def get_balance(self, api_key: str) -> dict[str, float | None]:
         """``{"credits", "free_credits"}`` of a key, after charging every job completed by now."""
-        account = self._state.balance(api_key)
-        return {"credits": account.credits, "free_credits": account.free_credits}
+        return self._state.balance(api_key).as_dict()
 
     def set_rate_window(self, api_key: str, calls: int, ends_in: float) -> None:
         """Make the current rate-limit window of ``api_key`` hold ``calls`` keyed calls and end ``ends_in`` seconds
@@ -196,12 +186,11 @@ class Sora2Emulator:
     @property
     def request_log(self) -> list[dict[str, Any]]:
         """Every Segmind call (controls excluded): endpoint, method, path, status (None: dropped), dropped, time."""
-        with self._state.lock:
-            return [dict(entry) for entry in self._state.request_log]
+        return self._state.logged_requests()
 
     def charges(self) -> dict[str, float]:
         """``request_id -> credits charged`` for every charged job (so ``len`` counts them, ``sum`` totals)."""
-        return {entry["request_id"]: entry["charged"] for entry in self.ledger if entry["charged"]}
+        return self._state.charges()
 
     def running_jobs_peak(self) -> int:
         """Most jobs QUEUED or PROCESSING at the same moment so far."""
@@ -216,16 +205,14 @@ class Sora2Emulator:
         self._state.unlist(request_id)
 
     def reset(self) -> None:
-        """Forget faults, jobs (ledger and history), uploads, call counts, rate windows and the request log."""
+        """Forget faults, jobs (ledger, history and videos), uploads, call counts, rate windows and the request log."""
         self._state.reset()
+        self._videos.clear()
 
-    # -- helpers of the HTTP layer ---------------------------------------------------------------------
+    # -- the server side of a dropped connection ---------------------------------------------------------
 
-    async def drop_connection(self, scope: Scope) -> None:
+    async def _close_connection(self, scope: Scope) -> None:
         """Close the client's connection (buffered bytes are still sent) and wait until it is gone."""
-        if _LOG_ENTRY in scope:
-            scope[_LOG_ENTRY]["dropped"] = True
-            _record(self._state, scope)
         connections = self._server.server_state.connections if self._server else set()
         protocol = next((c for c in list(connections) if c.client == scope.get("client")), None)
         if protocol is None:
@@ -235,144 +222,6 @@ class Sora2Emulator:
             if protocol not in connections:
                 return
             await asyncio.sleep(0.005)
-
-
-class _Controls:
-    """Test controls under ``/_emulator/``: no key, never faulted, never logged."""
-
-    def __init__(self, emulator: Sora2Emulator) -> None:
-        self.emulator = emulator
-
-    async def balance(self, request: Request) -> Response:
-        body = await json_object(request)
-        api_key = required(body, "api_key")
-        self.emulator.set_balance(api_key, body.get("credits"), body.get("free_credits"))
-        return JSONResponse(self.emulator.get_balance(api_key))
-
-    async def faults(self, request: Request) -> Response:
-        body = await json_object(request)
-        endpoint, kind = required(body, "endpoint"), required(body, "kind")
-        options = {k: body[k] for k in ("on_call", "times", "status", "message", "delay", "after_bytes") if k in body}
-        try:
-            self.emulator.add_fault(endpoint, kind, **options)
-        except (ValueError, TypeError) as err:
-            raise Refusal(400, str(err)) from None
-        return JSONResponse({"ok": True})
-
-    async def clear_faults(self, request: Request) -> Response:
-        self.emulator.clear_faults()
-        return JSONResponse({"ok": True})
-
-    async def models(self, request: Request) -> Response:
-        body = await json_object(request)
-        try:
-            self.emulator.set_model_state(required(body, "model"), required(body, "state"))
-        except ValueError as err:
-            raise Refusal(400, str(err)) from None
-        return JSONResponse({"ok": True})
-
-    async def ledger(self, request: Request) -> Response:
-        emu = self.emulator
-        body = {"ledger": emu.ledger, "charges": emu.charges(), "running_jobs_peak": emu.running_jobs_peak()}
-        return JSONResponse(body)
-
-    async def requests(self, request: Request) -> Response:
-        return JSONResponse({"requests": self.emulator.request_log})
-
-    async def expire(self, request: Request) -> Response:
-        request_id = request.path_params["request_id"]
-        try:
-            self.emulator.expire(request_id)
-        except KeyError:
-            raise Refusal(404, f"Request {request_id} not found") from None
-        return JSONResponse({"ok": True})
-
-    async def reset(self, request: Request) -> Response:
-        self.emulator.reset()
-        return JSONResponse({"ok": True})
-
-
-def _build_app(emulator: Sora2Emulator) -> Starlette:
-    api, controls = Api(emulator), _Controls(emulator)
-    routes = [
-        Route("/v1/get-user-credits", api.credits, methods=["GET"], name="credits"),
-        Route("/v1/{model}", api.submit_v1, methods=["POST"], name="submit_v1"),
-        Route("/v2/requests/{request_id}/status", api.status, methods=["GET"], name="status"),
-        Route("/v2/requests/{request_id}", api.result, methods=["GET"], name="result"),
-        Route("/v2/{model}", api.submit_v2, methods=["POST"], name="submit_v2"),
-        Route("/outputs/{request_id}.mp4", api.download, methods=["GET", "HEAD"], name="download"),
-        Route("/upload-asset", api.upload, methods=["POST"], name="upload"),
-        Route("/assets/{name}", api.asset, methods=["GET"], name="asset"),
-        Route("/inference-request/request-history", api.history, methods=["GET"], name="history"),
-        Route(
-            "/inference-request/request-history/{request_id}", api.history_item, methods=["GET"], name="history_item"
-        ),
-        Route("/_emulator/balance", controls.balance, methods=["POST"]),
-        Route("/_emulator/faults", controls.faults, methods=["POST"]),
-        Route("/_emulator/faults", controls.clear_faults, methods=["DELETE"]),
-        Route("/_emulator/models", controls.models, methods=["POST"]),
-        Route("/_emulator/ledger", controls.ledger, methods=["GET"]),
-        Route("/_emulator/requests", controls.requests, methods=["GET"]),
-        Route("/_emulator/expire/{request_id}", controls.expire, methods=["POST"]),
-        Route("/_emulator/reset", controls.reset, methods=["POST"]),
-    ]
-    handlers: dict[Any, Any] = {Refusal: refusal_response, HTTPException: routing_error, Dropped: dropped}
-    return Starlette(routes=routes, exception_handlers=handlers)
-
-
-class _RequestLog:
-    """ASGI wrapper recording every Segmind call (endpoint, method, path, status, dropped, time).
-
-    An entry is recorded as the answer starts (or the connection is dropped), so it is in the log before
-    the client sees the answer; ``status`` is None for a call dropped unanswered.
-    """
-
-    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
-        self.app, self.state = app, state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/_emulator/"):
-            await self.app(scope, receive, send)
-            return
-        entry = scope[_LOG_ENTRY] = {
-            "endpoint": _endpoint_name(self.app, scope),
-            "method": scope["method"],
-            "path": scope["path"],
-            "status": None,
-            "dropped": False,
-            "time": time.time(),
-        }
-
-        async def record_then_send(message: Any) -> None:
-            if message["type"] == "http.response.start" and not entry["dropped"]:
-                entry["status"] = message["status"]
-                _record(self.state, scope)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_then_send)
-        finally:
-            _record(self.state, scope)
-
-
-def _record(state: EmulatorState, scope: Scope) -> None:
-    """Append the call's log entry once, naming the endpoint of the route it matched."""
-    if scope.get(_LOGGED):
-        return
-    scope[_LOGGED] = True
-    entry = scope[_LOG_ENTRY]
-    entry["endpoint"] = entry["endpoint"] or getattr(scope.get("route"), "name", None)
-    state.log_request(entry)
-
-
-def _endpoint_name(app: Any, scope: Scope) -> str | None:
-    """The name of the route a request matches (Starlette before 0.49, which Airflow 3.1 pins, sets no
-    ``scope["route"]``)."""
-    for route in getattr(app, "routes", ()):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return route.name
-    return None
 
 
 def _url_host(host: str) -> str:

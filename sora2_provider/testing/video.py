@@ -1,12 +1,9 @@
-"""Real, small MP4 files for the emulator, and padding them to any size without holding them in memory.
+"""Real MP4 files for the emulator, and padding them to any size without holding them in memory.
 
-The videos are H.264 (libx264, or MPEG-4 part 2 where the PyAV build lacks it) of the exact requested
-size and duration, made of solid colour frames at a low frame rate so they are tiny and quick to encode.
-They are cached on disk (``$SORA2_EMULATOR_CACHE`` or ``~/.cache/sora2-emulator``), one file per
-size, duration and frame rate. PyAV is imported lazily: install the ``emulator`` extra to use this.
-
-A padded file is the real MP4 followed by one top-level ``free`` box whose payload is zeros, which any
-MP4 reader skips; :func:`pad_mp4` yields it chunk by chunk, so a 1 GiB (or 5 GiB) answer never sits in memory.
+Public and stable, like the rest of :mod:`sora2_provider.testing`. The videos are H.264 (libx264, or MPEG-4
+part 2 where the PyAV build lacks it) of the exact requested size and duration: a job's test card
+(:func:`card_mp4`), or plain / random frames cached on disk (:func:`mp4_file`). PyAV and Pillow come with the
+``emulator`` extra. A padded file is the real MP4 followed by one ``free`` box of zeros (:func:`pad_mp4`).
 """
 
 from __future__ import annotations
@@ -15,14 +12,32 @@ import os
 import struct
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import BinaryIO
 
-if TYPE_CHECKING:
-    import av
+import av
+
+from sora2_provider.testing._card import TestCard
+
+__all__ = [
+    "CARD_FPS",
+    "CHUNK_SIZE",
+    "DEFAULT_FPS",
+    "TestCard",
+    "cache_dir",
+    "card_mp4",
+    "free_box_header",
+    "is_valid_mp4_prefix",
+    "make_mp4",
+    "mp4_file",
+    "pad_mp4",
+    "padded_size",
+]
 
 DEFAULT_FPS = 4
+CARD_FPS = 8
 CHUNK_SIZE = 1 << 20
 _FORMAT_VERSION = 1  # bump when the encoding changes, so stale cache files are not served
 _MAX_32BIT_BOX = 0xFFFFFFFF
@@ -41,14 +56,16 @@ def mp4_file(width: int, height: int, seconds: int, fps: int = DEFAULT_FPS, *, n
 
     ``noise`` makes frames of random pixels instead of solid colours: an MP4 of a real video's weight (about
     3 MB a second at 720p instead of a few KB), for players that must fetch byte ranges as they seek."""
-    kind = "-noise" if noise else ""
-    path = cache_dir() / f"v{_FORMAT_VERSION}-{width}x{height}-{seconds}s-{fps}fps{kind}.mp4"
+    suffix = "-noise" if noise else ""
+    path = cache_dir() / f"v{_FORMAT_VERSION}-{width}x{height}-{seconds}s-{fps}fps{suffix}.mp4"
     if path.is_file():
         return path
     with _generate_lock:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, lambda target: _encode(target, width, height, seconds, fps, noise))
+            frames = _plain_frames(width, height, seconds * fps, noise)
+            kind = "noise" if noise else "plain"
+            _write_atomically(path, lambda target: _encode(target, width, height, fps, frames, kind=kind))
     return path
 
 
@@ -68,9 +85,15 @@ def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
             os.remove(temp)
 
 
-def _pick_codec() -> str:
-    import av
+def card_mp4(card: TestCard, fps: int = CARD_FPS) -> bytes:
+    """The MP4 of a test card: its text on every frame, a running timecode and a sweeping bar; same card, same bytes."""
+    buffer = BytesIO()
+    frames = (av.VideoFrame.from_image(image) for image in card.frames(fps))
+    _encode(buffer, card.width, card.height, fps, frames, kind="card")
+    return buffer.getvalue()
 
+
+def _pick_codec() -> str:
     try:
         av.codec.Codec("libx264", "w")
         return "libx264"
@@ -78,31 +101,42 @@ def _pick_codec() -> str:
         return "mpeg4"
 
 
-def _encode(target: str, width: int, height: int, seconds: int, fps: int, noise: bool = False) -> None:
-    """Encode ``seconds * fps`` solid frames whose colour drifts, so the video is not one still image (or frames of
-    random pixels, ``noise``)."""
-    import av
+def _plain_frames(width: int, height: int, count: int, noise: bool) -> Iterator[av.VideoFrame]:
+    """Solid frames whose colour drifts, so the video is not one still image; or frames of random pixels."""
+    for index in range(count):
+        yield _noise_frame(width, height) if noise else _solid_frame(width, height, luma=40 + (index * 7) % 180)
 
+
+def _encode(
+    target: str | BinaryIO, width: int, height: int, fps: int, frames: Iterable[av.VideoFrame], *, kind: str
+) -> None:
+    """Encode ``frames`` at ``fps``; ``kind`` (``plain``, ``noise`` or ``card``) picks the quality settings."""
     codec = _pick_codec()
     with av.open(target, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.bit_rate = 25_000_000 if noise else 50_000
-        if codec == "libx264" and noise:
-            stream.options = {"preset": "ultrafast", "crf": "30", "g": str(fps)}  # a keyframe a second, as real videos
-        elif codec == "libx264":
-            stream.options = {"preset": "ultrafast", "tune": "stillimage", "crf": "40"}
-        for index in range(seconds * fps):
-            frame = _noise_frame(width, height) if noise else _solid_frame(width, height, luma=40 + (index * 7) % 180)
+        stream.bit_rate = {"noise": 25_000_000, "card": 2_000_000}.get(kind, 50_000)
+        if codec == "libx264":
+            stream.options = _x264_options(kind, fps)
+        else:
+            stream.codec_context.thread_count = 1
+        for index, frame in enumerate(frames):
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
 
 
-def _noise_frame(width: int, height: int) -> av.VideoFrame:
-    import av
+def _x264_options(kind: str, fps: int) -> dict[str, object]:
+    if kind == "noise":
+        return {"preset": "ultrafast", "crf": "30", "g": str(fps)}  # a keyframe a second, as real videos
+    if kind == "card":
+        # sharp text, a keyframe every 4 s, and a fixed thread count: the same card gives the same bytes on any machine
+        return {"preset": "ultrafast", "tune": "stillimage", "crf": "28", "g": str(4 * fps), "threads": "2"}
+    return {"preset": "ultrafast", "tune": "stillimage", "crf": "40"}
 
+
+def _noise_frame(width: int, height: int) -> av.VideoFrame:
     frame = av.VideoFrame(width, height, "yuv420p")
     for plane in frame.planes:
         plane.update(os.urandom(plane.buffer_size))
@@ -110,8 +144,6 @@ def _noise_frame(width: int, height: int) -> av.VideoFrame:
 
 
 def _solid_frame(width: int, height: int, luma: int) -> av.VideoFrame:
-    import av
-
     frame = av.VideoFrame(width, height, "yuv420p")
     for plane, value in zip(frame.planes, (luma, 96, 160), strict=True):
         plane.update(bytes([value]) * plane.buffer_size)

@@ -11,6 +11,10 @@ jobs this process saw complete, else Segmind's typical ones), then every poll in
 age; jobs due within a tenth of a render time (at least one interval) of each other share a read. A job the
 history has not listed for ``GRACE_POLLS`` intervals once it is due gets its own status call, at a third of the
 pace, so a lagging history can delay a job but never lose it.
+
+While Segmind answers only transient errors (an outage, ``job_events.Outage``) no job is given up: reads back
+off from the poll interval to one a minute (the connection extra ``outage_backoff_max``), one line is logged when
+the outage begins and one when it ends; the extra ``max_outage`` gives up sooner.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from sora2_provider.exceptions import Sora2Error
+from sora2_provider.job_events import JobWatch, Outage, OutagePolicy, is_outage
 from sora2_provider.models import HistoryRecord
-from sora2_provider.triggers._job_watch import JobWatch
 from sora2_provider.triggers._render_times import RENDER_TIMES, RenderKind, RenderTimes
 
 log = logging.getLogger(__name__)
@@ -89,9 +93,13 @@ class HistoryWatcher:
     last_read: float = 0.0
     #: When the watcher plans to read next (epoch seconds), while it sleeps.
     sleeping_until: float | None = None
+    outage: Outage = field(init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     _registry: ClassVar[dict[tuple[int, str], HistoryWatcher]] = {}
+
+    def __post_init__(self) -> None:
+        self.outage = Outage(f"connection {self.conn_id!r}", logger=log)
 
     @classmethod
     def for_connection(cls, conn_id: str) -> HistoryWatcher:
@@ -114,7 +122,6 @@ class HistoryWatcher:
         request_id: str,
         submitted_at: datetime,
         poll_interval: float,
-        max_transient_errors: int,
         kind: RenderKind | None = None,
     ) -> AsyncIterator[asyncio.Future[dict[str, Any]]]:
         """Watch one job; the future resolves to its final event. Leaving (cancellation included) unwatches it.
@@ -125,7 +132,7 @@ class HistoryWatcher:
             submitted=submitted_at.timestamp(),
             poll_interval=poll_interval,
             kind=kind,
-            watch=JobWatch(request_id, max_transient_errors),
+            watch=JobWatch(request_id, self.outage),
             ended=self.loop.create_future(),
         )
         self.watched.append(entry)
@@ -148,11 +155,12 @@ class HistoryWatcher:
             del self._registry[key]
 
     async def _run(self) -> None:
-        from sora2_provider.hooks.sora2 import Sora2Hook
+        from sora2_provider.hooks.sora2 import Sora2Hook  # lazy: the hook (requests) stays out of DAG parsing
 
         hook = Sora2Hook(sora2_conn_id=self.conn_id)
         try:
             await hook.aprepare()
+            self.outage.policy = OutagePolicy.from_extras(hook.extras)
         except Sora2Error as err:  # an undefined or unusable connection: no wait can fix it
             for entry in list(self.watched):
                 entry.end(entry.watch.on_error(err) or {"status": "error", "request_id": entry.request_id})
@@ -194,7 +202,9 @@ class HistoryWatcher:
         first, _, entry = dues[0]
         window = max(entry.poll_interval, COALESCE_SHARE * self.times.expected(entry.kind, entry.poll_interval))
         together = [due for due, _, _ in dues if due <= first + window]
-        return max(together[-1], self.last_read + self.backoff * min(w.poll_interval for w in waiting))
+        interval = min(w.poll_interval for w in waiting)
+        pause = max(self.backoff * interval, self.outage.delay(interval))
+        return max(together[-1], self.last_read + pause)
 
     async def poll(self, hook: Any) -> None:
         """One round: a history read for every watched job, then status calls for the due ones it keeps missing."""
@@ -206,25 +216,32 @@ class HistoryWatcher:
         since = datetime.fromtimestamp(min(w.submitted for w in watched), tz=timezone.utc) - SINCE_MARGIN
         self.history_calls += 1
         try:
-            rows = await hook.afind_requests(since=since)
+            with self.outage.single_attempts(hook):
+                rows = await hook.afind_requests(since=since)
         except Sora2Error as err:
-            log.warning("Request history of %s unavailable (%s); polling again", self.conn_id, err)
-            for entry in watched:
-                entry.read_at = now
-                if (event := entry.watch.on_error(err)) is not None:
-                    entry.end(event)
+            self._failed(watched, err)
             return
+        self.outage.answered()
         by_id = {row.request_id: row for row in rows}
         lagging = [entry for entry in watched if self._read(entry, by_id.get(entry.request_id), now, id(entry) in due)]
         await asyncio.gather(*(self._status_of(hook, entry) for entry in lagging))
+
+    def _failed(self, watched: list[_Watched], err: Sora2Error) -> None:
+        """A history read failed: an outage is ridden out (logged once), anything else ends every wait."""
+        if is_outage(err):
+            self.outage.failed(err)
+        else:
+            log.warning("Request history of %s unavailable (%s)", self.conn_id, err)
+        for entry in watched:  # read_at stays: the history did not cover the job, it is still due
+            if (event := entry.watch.on_error(err)) is not None:
+                entry.end(event)
 
     def _read(self, entry: _Watched, row: HistoryRecord | None, now: float, due: bool) -> bool:
         """Apply one read to ``entry``; True when it needs a status call of its own (due, unlisted too long)."""
         entry.read_at = now
         if row is not None:
             entry.missing_since = None
-            entry.watch.transient_errors = 0
-            if (event := _event_from_history(entry.watch, row)) is not None:
+            if (event := entry.watch.on_row(row)) is not None:
                 self.times.learn(entry.kind, event.get("generation_seconds"))
                 entry.end(event)
             return False
@@ -240,18 +257,13 @@ class HistoryWatcher:
         """The fallback for a job the history does not show: its own status call."""
         self.status_calls += 1
         try:
-            event = entry.watch.on_status(await hook.aget_status(entry.request_id))
+            with self.outage.single_attempts(hook):
+                status = await hook.aget_status(entry.request_id)
+            event = entry.watch.on_status(status)
         except Sora2Error as err:
+            if is_outage(err):
+                self.outage.failed(err)
             event = entry.watch.on_error(err)
         if event is not None:
             entry.end(event)
 
-
-def _event_from_history(watch: JobWatch, row: HistoryRecord) -> dict[str, Any] | None:
-    """The final event for a history row that shows the job ended (with what the operator needs to store it)."""
-    if row.status == "COMPLETED" and row.output_url:
-        seconds = None if row.latency_ms is None else round(row.latency_ms / 1000, 3)
-        return watch.completed(output_url=row.output_url, cost=row.cost, generation_seconds=seconds)
-    if row.status == "FAILED":
-        return watch.failed(row.error)
-    return None

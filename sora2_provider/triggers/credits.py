@@ -15,9 +15,11 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from sora2_provider.exceptions import Sora2AuthError, Sora2Error, Sora2NotFoundError, Sora2TransientError
+from sora2_provider.job_events import Outage, OutagePolicy
+
+__all__ = ["CreditCheck", "CreditsTrigger", "credit_error_message"]
 
 
-#: Errors that waiting cannot fix: a bad key (401/403) or an account with no credit record (404).
 @dataclass(frozen=True)
 class CreditCheck:
     """A balance compared with a requirement.
@@ -83,7 +85,9 @@ class CreditsTrigger(BaseTrigger):
       scheduler enforces the deferral timeout too; this one also holds where no scheduler runs
       (``dag.test()``).
 
-    Transient errors (429, 5xx, dropped connections) are logged and the trigger keeps polling. Only
+    Transient errors (429, 5xx, dropped connections) are ridden out: one line when Segmind stops answering, one
+    when it answers again, checks backing off to one a minute meanwhile (``job_events.Outage``; the connection
+    extra ``max_outage`` gives up sooner with an ``error`` event). Only
     primitives are serialized; the API key stays in the connection.
 
     :param required: credits the balance must reach.
@@ -127,32 +131,38 @@ class CreditsTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from sora2_provider.hooks.sora2 import Sora2Hook
+        from sora2_provider.hooks.sora2 import Sora2Hook  # lazy: the hook (requests) stays out of DAG parsing
 
         hook = Sora2Hook(sora2_conn_id=self.sora2_conn_id)
+        try:
+            await hook.aprepare()
+            outage = Outage(f"the balance of {self.sora2_conn_id!r}", OutagePolicy.from_extras(hook.extras), self.log)
+        except Sora2Error as err:
+            yield TriggerEvent({"status": "error", "message": credit_error_message(err, self.sora2_conn_id)})
+            return
         while True:
-            payload = await self._check_once(hook)
+            payload = await self._check_once(hook, outage)
             if payload is None:
                 payload = self._timeout_payload()
             if payload is not None:
                 yield TriggerEvent(payload)
                 return
-            await asyncio.sleep(self._next_sleep())
+            await asyncio.sleep(self._next_sleep(outage.delay(self.poke_interval)))
 
-    async def _check_once(self, hook: Any) -> dict[str, Any] | None:
-        """One balance check: the event payload when done, ``None`` to keep waiting."""
+    async def _check_once(self, hook: Any, outage: Outage) -> dict[str, Any] | None:
+        """One balance check: the event payload when done, ``None`` to keep waiting (through an outage too)."""
         try:
-            balance = await hook.aget_credits()
+            with outage.single_attempts(hook):
+                balance = await hook.aget_credits()
             if self.respect_spend_cap:  # the connection and its extras were read on this thread just above
-                from sora2_provider.spend import allowance
-
-                allowed = await asyncio.to_thread(allowance, hook)
+                allowed = await asyncio.to_thread(hook.spend_allowance)
                 balance = balance if allowed is None else {**balance, "allowance": allowed[0]}
         except Sora2TransientError as err:
-            self.log.warning("Could not read the Segmind balance (will retry): %s", err)
-            return None
+            outage.failed(err)
+            return {"status": "error", "message": outage.gave_up(err)} if outage.exhausted else None
         except Sora2Error as err:  # a refused key, no credit record, an unusable connection: waiting cannot help
             return {"status": "error", "message": credit_error_message(err, self.sora2_conn_id)}
+        outage.answered()
         check = CreditCheck.from_balance(balance, self.required, self.include_free_credits)
         self.log.info("%s", check.describe())
         self._last_check = check
@@ -166,10 +176,10 @@ class CreditsTrigger(BaseTrigger):
         message = f"Sensor has timed out waiting for {self.required:.4f} Segmind credits.{seen}"
         return {"status": "timeout", "message": message}
 
-    def _next_sleep(self) -> float:
+    def _next_sleep(self, interval: float) -> float:
         if self.timeout_at is None:
-            return self.poke_interval
-        return max(0.0, min(self.poke_interval, self.timeout_at - time.time()))
+            return interval
+        return max(0.0, min(interval, self.timeout_at - time.time()))
 
 
 def credit_error_message(err: Exception, sora2_conn_id: str) -> str:

@@ -8,7 +8,10 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from sora2_provider.triggers._job_watch import DEFAULT_MAX_TRANSIENT_ERRORS
+from sora2_provider.triggers._render_times import render_kind
+from sora2_provider.triggers._watcher import HistoryWatcher
+
+__all__ = ["Sora2JobTrigger"]
 
 
 class Sora2JobTrigger(BaseTrigger):
@@ -21,10 +24,15 @@ class Sora2JobTrigger(BaseTrigger):
     "metrics"?: ..., "retryable"?: ...}`` (``retryable`` with ``error``: whether a retry can help, False for a
     refused key). Its kwargs hold no secret: the hook reads the key from the connection inside the triggerer.
 
+    An outage of Segmind (5xx, 429, dropped connections, timeouts) is ridden out until the deferral's timeout
+    (the operator's ``generation_timeout``), reading less often while it lasts; the connection extra
+    ``max_outage`` (seconds) gives up sooner with an ``error`` event.
+
     :param request_id: the Segmind request id returned by the submit.
     :param sora2_conn_id: the ``sora2`` connection.
     :param poll_interval: seconds between history reads (the first one an interval after the trigger starts).
-    :param max_transient_errors: consecutive 429/5xx/connection errors tolerated before giving up.
+    :param max_transient_errors: ignored; accepted so that triggers serialized by earlier versions (which gave up
+        after that many errors in a row) still load, and now ride the outage out.
     :param submitted_at: ISO time of the submit; the history is read back to the oldest watched one.
     :param model: the job's model, with ``duration`` and ``size``: the kind of job, whose render time (learned in
         this triggerer, else Segmind's typical one) says when the job can be done and is first looked for. Without
@@ -36,7 +44,7 @@ class Sora2JobTrigger(BaseTrigger):
         request_id: str,
         sora2_conn_id: str = "sora2_default",
         poll_interval: float = 10.0,
-        max_transient_errors: int = DEFAULT_MAX_TRANSIENT_ERRORS,
+        max_transient_errors: int | None = None,
         submitted_at: str | None = None,
         model: str | None = None,
         duration: int | None = None,
@@ -46,7 +54,6 @@ class Sora2JobTrigger(BaseTrigger):
         self.request_id = request_id
         self.sora2_conn_id = sora2_conn_id
         self.poll_interval = poll_interval
-        self.max_transient_errors = max_transient_errors
         self.submitted_at = submitted_at or datetime.now(timezone.utc).isoformat()
         self.model = model
         self.duration = duration
@@ -59,7 +66,6 @@ class Sora2JobTrigger(BaseTrigger):
                 "request_id": self.request_id,
                 "sora2_conn_id": self.sora2_conn_id,
                 "poll_interval": self.poll_interval,
-                "max_transient_errors": self.max_transient_errors,
                 "submitted_at": self.submitted_at,
                 "model": self.model,
                 "duration": self.duration,
@@ -68,9 +74,6 @@ class Sora2JobTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from sora2_provider.triggers._render_times import render_kind
-        from sora2_provider.triggers._watcher import HistoryWatcher
-
         watcher = HistoryWatcher.for_connection(self.sora2_conn_id)
         submitted = datetime.fromisoformat(self.submitted_at)
         submitted = submitted if submitted.tzinfo else submitted.replace(tzinfo=timezone.utc)
@@ -78,7 +81,6 @@ class Sora2JobTrigger(BaseTrigger):
             self.request_id,
             submitted,
             self.poll_interval,
-            self.max_transient_errors,
             render_kind(self.model, self.duration, self.size),
         ) as ended:
             event = await ended

@@ -30,6 +30,8 @@ BAD_KEY = "SG_0bad0bad0bad0bad"
 MIB = 1024 * 1024
 S3_BUCKET = "sora2-test"
 S3_CONN = "acc_aws"
+#: Outages back off to one read every 0.2 s here (a minute in production).
+QUICK_OUTAGE = {"outage_backoff_max": 0.2}
 FAILED_JOB_MESSAGE = "Video generation failed: the prompt was rejected by the safety system"
 
 
@@ -80,8 +82,8 @@ ROWS: tuple[Row, ...] = (
     Row("status_502", "502 on status (7 calls)", _fault("status", "status", status=502, times=7), mode="deferrable"),
     Row("status_503", "503 on status (7 calls)", _fault("status", "status", status=503, times=7)),
     Row("status_504", "504 on status (7 calls)", _fault("status", "status", status=504, times=7), mode="deferrable"),
-    Row("result_502", "502 on result (7 calls: the try fails, the next one resumes)",
-        _fault("result", "status", status=502, times=7), tries=2),
+    Row("result_502", "502 on result (7 calls: outlasts the hook's 6 attempts; the try rides it out)",
+        _fault("result", "status", status=502, times=7), conn_extra=QUICK_OUTAGE),
     Row("status_reset", "connection reset on status (3 calls)", _fault("status", "reset", times=3), mode="deferrable"),
     Row("status_read_timeout", "read timeout on status (2 calls answer after 1.0 s; timeout 0.5 s)",
         _fault("status", "slow", delay=1.0, times=2), conn_extra={"timeout": 0.5}),
@@ -95,8 +97,8 @@ ROWS: tuple[Row, ...] = (
         error_hint="the API key is missing or invalid | HTTP 401"),
     Row("retired_410", "410 retired model", lambda e: e.set_model_state("sora-2", "retired"), outcome="failed",
         retryable=False, charges=0, error_hint="the model is retired | HTTP 410"),
-    Row("submit_502_created", "submit answered 502 after the job was created",
-        _fault("submit_v2", "submit_502_after_create"), tries=2),
+    Row("submit_502_created", "submit answered 502 after the job was created (adopted within the try)",
+        _fault("submit_v2", "submit_502_after_create"), conn_extra=QUICK_OUTAGE),
     Row("worker_killed", "worker process SIGKILLed while polling (deferrable=False)", mode="process", tries=None,
         emulator_options={"time_scale": 0.05}),
     Row("triggerer_restart", "triggerer restarted while the task is deferred", mode="deferrable",
@@ -104,10 +106,10 @@ ROWS: tuple[Row, ...] = (
     Row("record_expired", "v2 record expired (404) when the next try resumes", mode="deferrable",
         scenario="expire_then_die", tries=2),
     # Extra rows: faults next to the required ones.
-    Row("submit_503_before_create", "503 on submit, no job created", _fault("submit_v2", "status", status=503),
-        tries=2, required=False),
-    Row("submit_dropped_created", "submit connection dropped after the job was created",
-        _fault("submit_v2", "submit_drop_after_create"), mode="deferrable", tries=2, required=False),
+    Row("submit_503_before_create", "503 on submit, no job created (submitted again within the try)",
+        _fault("submit_v2", "status", status=503), conn_extra=QUICK_OUTAGE, required=False),
+    Row("submit_dropped_created", "submit connection dropped after the job was created (adopted within the try)",
+        _fault("submit_v2", "submit_drop_after_create"), mode="deferrable", conn_extra=QUICK_OUTAGE, required=False),
     Row("sync_truncated", "v1 (sync) body cut after 1000 bytes: billed, no request id on the worker",
         _fault("submit_v1", "truncate", after_bytes=1000), mode="sync", tries=2, required=False),
     Row("sync_504", "504 on the v1 (sync) call, no job created", _fault("submit_v1", "status", status=504),
@@ -122,6 +124,27 @@ ROWS: tuple[Row, ...] = (
     Row("status_401_revoked", "401 on every status call (key revoked mid-job; the job itself completes)",
         _fault("status", "status", status=401, times=1000), outcome="failed", retryable=False, required=False,
         error_hint="the API key is missing or invalid | HTTP 401"),
+)
+# Outage rows (issue 25): Segmind answers 503 for 17 calls of a route: the first read and its 5 quick retries, then
+# 11 single-call reads, more than the ten failed reads a wait used to tolerate. Ridden out within the first try.
+OUTAGE_CALLS = 6 + 11
+ROWS += (
+    Row("outage_deferred", f"outage while deferred: history answers 503 ({OUTAGE_CALLS} calls)",
+        _fault("history", "status", status=503, times=OUTAGE_CALLS), mode="deferrable", conn_extra=QUICK_OUTAGE),
+    Row("outage_polling", f"outage while the worker polls: status answers 503 ({OUTAGE_CALLS} calls)",
+        _fault("status", "status", status=503, times=OUTAGE_CALLS), conn_extra=QUICK_OUTAGE),
+    Row("outage_result", f"outage at the result read: result answers 503 ({OUTAGE_CALLS} calls)",
+        _fault("result", "status", status=503, times=OUTAGE_CALLS), conn_extra=QUICK_OUTAGE),
+    Row("outage_download", f"outage at the download: the video host answers 503 ({OUTAGE_CALLS} calls)",
+        _fault("download", "status", status=503, times=OUTAGE_CALLS), conn_extra=QUICK_OUTAGE),
+    Row("outage_submit", f"outage at the submit: submit 503 (no job), then history 503 ({OUTAGE_CALLS} calls)",
+        lambda e: (e.add_fault("submit_v2", "status", status=503),
+                   e.add_fault("history", "status", status=503, times=OUTAGE_CALLS)), conn_extra=QUICK_OUTAGE),
+    Row("outage_give_up", "outage that never ends (history, status 503), max_outage=1: each try gives up after 1 s",
+        lambda e: (e.add_fault("history", "status", status=503, times=10**6),
+                   e.add_fault("status", "status", status=503, times=10**6)),
+        mode="deferrable", outcome="failed", tries=RETRIES + 1, conn_extra={**QUICK_OUTAGE, "max_outage": 1},
+        error_hint="longer than the connection's max_outage=1 s"),
 )
 IN_PROCESS_ROWS = tuple(row for row in ROWS if row.mode != "process")
 

@@ -23,8 +23,11 @@ MATRIX_INTRO = """## Fault matrix
 
 Every row is one task of one DAG run with real Airflow `dag.test()` (`retries=3`, `retry_delay=0`,
 `poll_interval=0.05`), each with its own emulator and `sora2` connection, so one row's fault counters never
-see another row's calls. The hook retries a call that is safe to repeat 5 times (backoff 0.05 s); faults
-that last longer reach the task's own retries. `worker_killed` runs in a real `airflow dags test` process,
+see another row's calls. The hook retries a call that is safe to repeat 5 times (backoff 0.05 s); 5xx, 429
+and connection errors that last longer are an outage, ridden out within the try (reads backing off to one every
+0.2 s here, `outage_backoff_max`; a minute in production) until `generation_timeout` or the connection's
+`max_outage` (the `outage_*` rows: 17 refused calls, more than the ten failed reads a wait used to tolerate);
+other faults reach the task's own retries. `worker_killed` runs in a real `airflow dags test` process,
 SIGKILLed by its PID while the job renders, then the same DAG run (same run id) is run again.
 `triggerer_restart` cancels the running trigger mid-poll and starts a fresh one from its serialized kwargs,
 as a restarted triggerer does from the `trigger` table.
@@ -156,18 +159,20 @@ def process_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def storage_section(storage: dict[str, Any]) -> list[str]:
-    check = storage.get("cross_filesystem_commit")
+    check = storage.get("disk_full_write")
     if not check:
         return []
-    ok = check["error"] is None and check["bytes_at_output"] in (0, check["payload_bytes"])
-    ok = ok and "video.mp4" not in check["during_write"]
+    staged = check["during_write"]
+    ok = bool(check["error"]) and check["bytes_at_output"] == 0 and check["after_failure"] == []
+    ok = ok and len(staged) == 1 and staged[0].endswith(".part") and "video.mp4" not in staged
+    where = "another filesystem than the system temp dir (tmpfs)" if check["other_filesystem"] else "the temp dir"
     return [
         "",
-        "## Storage: a local commit across filesystems",
+        "## Storage: a full disk mid-write",
         "",
-        "A local `output_path` on another filesystem than the system temp dir (tmpfs), with every copy between",
-        "filesystems made to fail half way (disk full). Staged while writing: "
-        f"`{check['during_write']}`; after the commit: `{check['after_commit']}`; bytes at `output_path`: "
+        f"A local `output_path` on {where}; the kernel refuses the write past 64 KiB of the file",
+        "(`RLIMIT_FSIZE`: EFBIG, as a full disk answers ENOSPC) while the video is written. Staged while writing: "
+        f"`{staged}`; after the failure: `{check['after_failure']}`; bytes at `output_path`: "
         f"{check['bytes_at_output']}; error: {check['error'] or 'none'} -> target {'met' if ok else '**MISSED**'}.",
     ]
 

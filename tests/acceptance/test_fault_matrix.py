@@ -15,8 +15,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+import resource
 import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,50 +141,54 @@ def _other_filesystem() -> Path | None:
     return shm
 
 
-def _disk_full_midway(*args: Any, **kwargs: Any) -> None:
-    """A copy that dies after a first chunk (the destination filled up, or the worker was killed)."""
-    destination = args[1]
-    destination.write(b"\0\0\0\x20ftypisom" + b"\0" * 4096)
-    raise OSError(errno.ENOSPC, "No space left on device")
+@contextmanager
+def _disk_fills_up_at(size: int) -> Iterator[None]:
+    """The kernel refuses any write past ``size`` bytes of a file (``RLIMIT_FSIZE``: EFBIG, as a full disk answers
+    ENOSPC), for this process, until the block ends. Python ignores SIGXFSZ, so the write raises instead."""
+    assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
 
 
-def test_a_commit_to_another_filesystem_never_shows_a_partial_object(
-    monkeypatch: pytest.MonkeyPatch, acceptance_results: Any
-) -> None:
-    """fsspec stages local transactional writes in the system temp dir and *copies* them to another
-    filesystem on commit: a copy cut short there left a partial MP4 at output_path."""
+def test_a_write_cut_short_by_a_full_disk_never_shows_a_partial_object(acceptance_results: Any) -> None:
+    """The output's filesystem refuses the video half way. The output is on another filesystem than the system temp
+    dir where there is one (fsspec staged local writes in the temp dir and *copied* them there on commit, so a copy
+    cut short left a partial MP4): the video must be staged beside the output, and the failed write must surface
+    and leave nothing at ``output_path`` nor beside it."""
     from airflow.sdk import ObjectStoragePath
 
     from sora2_provider.storage import atomic_writer
 
-    other = _other_filesystem()
-    if other is None:
-        pytest.skip("no second filesystem to write to")
-    folder = Path(tempfile.mkdtemp(dir=other, prefix="sora2-acceptance-"))
+    folder = Path(tempfile.mkdtemp(dir=_other_filesystem(), prefix="sora2-acceptance-"))
     target = ObjectStoragePath(f"file://{folder}/video.mp4")
-    monkeypatch.setattr(shutil, "_fastcopy_sendfile", _disk_full_midway)
-    monkeypatch.setattr(shutil, "copyfileobj", lambda src, dst, *a: _disk_full_midway(src, dst))
     payload = b"\0\0\0\x20ftypisom" + b"\1" * 200_000
     during: list[str] = []
     error: str | None = None
     try:
         with atomic_writer(target) as handle:
-            handle.write(payload)
             during = sorted(p.name for p in folder.iterdir())
+            with _disk_fills_up_at(64 * 1024):
+                handle.write(payload)
+                handle.flush()
     except OSError as err:
-        error = str(err)
+        error = f"{errno.errorcode.get(err.errno or 0, err.errno)}: {err.strerror}"
     finally:
         after = sorted(p.name for p in folder.iterdir())
         data = Path(folder / "video.mp4").read_bytes() if (folder / "video.mp4").exists() else b""
         shutil.rmtree(folder, ignore_errors=True)
-    acceptance_results.storage["cross_filesystem_commit"] = {
+    acceptance_results.storage["disk_full_write"] = {
+        "other_filesystem": _other_filesystem() is not None,
         "during_write": during,
-        "after_commit": after,
+        "after_failure": after,
         "bytes_at_output": len(data),
         "payload_bytes": len(payload),
         "error": error,
     }
-    assert "video.mp4" not in during, "the object was visible before the commit"
-    assert after in (["video.mp4"], []), f"junk left beside the output: {after}"
-    assert data in (b"", payload), f"a partial object of {len(data)} bytes at output_path"
-    assert error is None, f"the commit failed: {error}"
+    assert error == "EFBIG: File too large", f"the write did not fail as the full disk made it: {error}"
+    assert len(during) == 1 and during[0].startswith(".video.mp4.") and during[0].endswith(".part"), during
+    assert after == [], f"junk left at or beside the output: {after}"
+    assert data == b"", f"a partial object of {len(data)} bytes at output_path"

@@ -55,7 +55,7 @@ SETTINGS: dict[str, str | None] = {
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
     "PYTHONDONTWRITEBYTECODE": "1",
     # The example DAG's settings (see its docs).
-    "AIRFLOW_VAR_SORA2_S3_BUCKET": BUCKET,
+    "AIRFLOW_VAR_SORA2_OUTPUT_ROOT": f"s3://aws_default@{BUCKET}",
     "SORA2_POLL_INTERVAL": str(POLL_INTERVAL),
 }
 
@@ -134,8 +134,9 @@ TRIGGERER_KILL_PROMPTS = [f"Cluster triggerer kill {i}: snow falling past a stre
 SCHEDULER_KILL = "cluster_scheduler_kill"
 SCHEDULER_KILL_PROMPTS = [f"Cluster scheduler kill {i}: waves breaking on black sand" for i in range(2)]
 
-#: The S3 example DAG runs beside the batch: its check task reads the video back wherever it lands.
-EXAMPLE_S3 = "sora2_daily_video_s3"
+#: The daily example DAG, its output root in S3, runs beside the batch: its check task reads the video back wherever
+#: it lands.
+EXAMPLE_S3 = "sora2_daily_video"
 EXAMPLE_S3_DATE = "2025-06-01"
 EXAMPLE_DAG_FILES = {f"{EXAMPLE_S3}.py": (REPO / "example_dags" / f"{EXAMPLE_S3}.py").read_text()}
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.airflow_cluster import run_cluster
-from tests.e2e.support import EXAMPLE_DAGS, LOCAL_SETTINGS, POLL_INTERVAL, S3_BUCKET, TIME_SCALE, E2ECluster
+from tests.e2e.support import EXAMPLE_DAGS, LOCAL_SETTINGS, POLL_INTERVAL, TIME_SCALE, E2ECluster
 from tests.support import TEST_API_KEY, connection_json, wait_for
 
 #: The session's AIRFLOW_HOME (set by tests/conftest.py): the cluster's home goes inside it, so the session's
@@ -50,7 +50,6 @@ def airflow_cluster(e2e_emulator: Any, s3_server: str) -> Iterator[E2ECluster]:
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",
         AIRFLOW_VAR_SORA2_OUTPUT_ROOT=(home / "videos").as_uri(),
-        AIRFLOW_VAR_SORA2_S3_BUCKET=S3_BUCKET,
         SORA2_POLL_INTERVAL=str(POLL_INTERVAL),
         PYTHONDONTWRITEBYTECODE="1",
     )

@@ -40,10 +40,12 @@ from tests.support import TEST_API_KEY, peak_overlap, probe_mp4, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 DAILY = "sora2_daily_video"
-DAILY_S3 = "sora2_daily_video_s3"
+#: A run of the daily DAG whose ``output_root`` param points at S3 (a key of ``Runs``, not a DAG id).
+DAILY_S3 = "sora2_daily_video (S3)"
 IMAGE = "sora2_image_to_video"
 BATCH = "sora2_batch"
 RUN_DATE = "2025-06-01"
+S3_RUN_DATE = "2025-06-02"
 KEYED_ENDPOINTS = ("submit_v2", "submit_v1", "status", "result", "credits", "history", "history_item", "upload")
 RUN_DEADLINE = 180  # seconds; a run takes 20 to 60 s here
 MAX_KEYED_CALLS_PER_VIDEO = 2.1  # issue 15
@@ -59,6 +61,11 @@ class Runs:
     ledger: dict[str, Any]
 
 
+def dag_of(key: str) -> str:
+    """The DAG id of a run key of ``Runs``."""
+    return DAILY if key == DAILY_S3 else key
+
+
 def emulator_ledger(emulator: Any) -> dict[str, Any]:
     """The emulator's ledger through its HTTP control: ledger, charges, running_jobs_peak."""
     response = requests.get(f"{emulator.url}/_emulator/ledger", timeout=10)
@@ -68,14 +75,18 @@ def emulator_ledger(emulator: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def single_runs(airflow_cluster: AirflowCluster, e2e_emulator: Any) -> Runs:
-    """The daily DAG (file and S3, dated RUN_DATE) and the image DAG (no logical date), run at the same time."""
+    """The daily DAG (to file, dated RUN_DATE; to S3 through its ``output_root`` param, dated S3_RUN_DATE) and the
+    image DAG (no logical date), triggered at the same time (the daily DAG runs one run at a time)."""
     run_ids = {
         DAILY: airflow_cluster.trigger(DAILY, f"{RUN_DATE}T00:00:00Z"),
-        DAILY_S3: airflow_cluster.trigger(DAILY_S3, f"{RUN_DATE}T00:00:00Z"),
+        DAILY_S3: airflow_cluster.trigger(
+            DAILY, f"{S3_RUN_DATE}T00:00:00Z", output_root=f"s3://aws_default@{S3_BUCKET}"
+        ),
         IMAGE: airflow_cluster.trigger(IMAGE, None),
     }
     started = time.monotonic()
-    states = airflow_cluster.wait_for_runs(run_ids, timeout=RUN_DEADLINE)
+    states = airflow_cluster.wait_for_runs({k: v for k, v in run_ids.items() if k != DAILY_S3}, RUN_DEADLINE)
+    states.update(airflow_cluster.wait_for_runs({DAILY_S3: run_ids[DAILY_S3]}, RUN_DEADLINE, dag_id=DAILY))
     print(f"{', '.join(run_ids)}: {states} in {time.monotonic() - started:.0f} s")
     return Runs(run_ids, states, emulator_ledger(e2e_emulator))
 
@@ -95,7 +106,7 @@ def batch_run(airflow_cluster: AirflowCluster, e2e_emulator: Any, single_runs: R
 
 
 def assert_run_succeeded(cluster: AirflowCluster, runs: Runs, dag_id: str) -> dict[str, dict[str, Any]]:
-    tis = cluster.task_instances(dag_id, runs.run_ids[dag_id])
+    tis = cluster.task_instances(dag_of(dag_id), runs.run_ids[dag_id])
     states = {task: ti["state"] for task, ti in tis.items()}
     assert runs.states[dag_id] == "success", f"{dag_id}: {states}\n{cluster.diagnose(runs.run_ids)}"
     assert set(states.values()) == {"success"}, states
@@ -177,12 +188,12 @@ def test_daily_video_in_file_storage(airflow_cluster: AirflowCluster, single_run
 
 def test_daily_video_in_s3(airflow_cluster: AirflowCluster, single_runs: Runs, s3_server: str) -> None:
     assert_run_succeeded(airflow_cluster, single_runs, DAILY_S3)
-    xcom = airflow_cluster.xcom(DAILY_S3, single_runs.run_ids[DAILY_S3], "generate_video")
-    key = f"daily/{RUN_DATE}/video.mp4"
+    xcom = airflow_cluster.xcom(DAILY, single_runs.run_ids[DAILY_S3], "generate_video")
+    key = f"daily/{S3_RUN_DATE}/video.mp4"
     assert xcom["uri"] == f"s3://aws_default@{S3_BUCKET}/{key}"
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     assert_valid_video(s3.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read(), xcom)
-    listed = [obj["Key"] for obj in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"daily/{RUN_DATE}/")["Contents"]]
+    listed = [obj["Key"] for obj in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"daily/{S3_RUN_DATE}/")["Contents"]]
     assert listed == [key], "the job record lives in Airflow's task state store: nothing but the video in the bucket"
     assert not s3.list_multipart_uploads(Bucket=S3_BUCKET).get("Uploads"), "an unfinished multipart upload is left"
 
@@ -218,12 +229,12 @@ def test_image_to_video_uploads_the_private_image(
 @pytest.mark.parametrize("dag_id", [DAILY, DAILY_S3, IMAGE])
 def test_generate_task_deferred(airflow_cluster: AirflowCluster, single_runs: Runs, dag_id: str) -> None:
     run_id = single_runs.run_ids[dag_id]
-    request_id = airflow_cluster.xcom(dag_id, run_id, "generate_video")["request_id"]
-    assert_deferred(airflow_cluster, dag_id, run_id, request_id)
+    request_id = airflow_cluster.xcom(dag_of(dag_id), run_id, "generate_video")["request_id"]
+    assert_deferred(airflow_cluster, dag_of(dag_id), run_id, request_id)
 
 
 def test_one_charge_per_video(airflow_cluster: AirflowCluster, single_runs: Runs) -> None:
-    xcoms = [airflow_cluster.xcom(dag_id, run_id, "generate_video") for dag_id, run_id in single_runs.run_ids.items()]
+    xcoms = [airflow_cluster.xcom(dag_of(key), run_id, "generate_video") for key, run_id in single_runs.run_ids.items()]
     ledger = single_runs.ledger["ledger"]
     assert sorted(job["request_id"] for job in ledger) == sorted(x["request_id"] for x in xcoms), ledger
     assert single_runs.ledger["charges"] == {x["request_id"]: x["cost"] for x in xcoms}
@@ -236,25 +247,25 @@ def test_clear_and_rerun_returns_the_stored_video_without_a_call(
     """The output note kept in the task state store survives a clear: the rerun pays nothing, calls nothing."""
     assert_run_succeeded(airflow_cluster, single_runs, DAILY_S3)
     run_id = single_runs.run_ids[DAILY_S3]
-    before = airflow_cluster.xcom(DAILY_S3, run_id, "generate_video")
-    state = f"/dags/{DAILY_S3}/dagRuns/{run_id}/taskInstances/generate_video/state-store"
+    before = airflow_cluster.xcom(DAILY, run_id, "generate_video")
+    state = f"/dags/{DAILY}/dagRuns/{run_id}/taskInstances/generate_video/state-store"
     note = airflow_cluster.api("GET", f"{state}/sora2_output")
     assert note["value"]["xcom"]["request_id"] == before["request_id"], note
     calls = len(e2e_emulator.request_log)
 
-    tries = airflow_cluster.task_instances(DAILY_S3, run_id)["generate_video"]["try_number"]
+    tries = airflow_cluster.task_instances(DAILY, run_id)["generate_video"]["try_number"]
     body = {"dry_run": False, "only_failed": False, "dag_run_id": run_id, "task_ids": ["generate_video"]}
-    cleared = airflow_cluster.api("POST", f"/dags/{DAILY_S3}/clearTaskInstances", json=body)
+    cleared = airflow_cluster.api("POST", f"/dags/{DAILY}/clearTaskInstances", json=body)
     assert [ti["task_id"] for ti in cleared["task_instances"]] == ["generate_video"], cleared
 
     def rerun_finished() -> bool:
-        ti = airflow_cluster.task_instances(DAILY_S3, run_id)["generate_video"]
+        ti = airflow_cluster.task_instances(DAILY, run_id)["generate_video"]
         return ti["try_number"] > tries and ti["state"] in ("success", "failed")
 
     wait_for("the cleared task's rerun", rerun_finished, RUN_DEADLINE)
-    assert airflow_cluster.task_instances(DAILY_S3, run_id)["generate_video"]["state"] == "success"
+    assert airflow_cluster.task_instances(DAILY, run_id)["generate_video"]["state"] == "success"
 
-    after = airflow_cluster.xcom(DAILY_S3, run_id, "generate_video")
+    after = airflow_cluster.xcom(DAILY, run_id, "generate_video")
     assert after["decision"] == "existing_output"
     assert {k: v for k, v in after.items() if k != "decision"} == {k: v for k, v in before.items() if k != "decision"}
     assert len(e2e_emulator.request_log) == calls, e2e_emulator.request_log[calls:]

@@ -17,7 +17,6 @@ pytestmark = pytest.mark.e2e
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 EXPECTED = {
     "sora2_daily_video",
-    "sora2_daily_video_s3",
     "sora2_batch",
     "sora2_image_to_video",
     "sora2_review_and_publish",

@@ -35,7 +35,7 @@ from sora2_provider.exceptions import (
     Sora2SubmitUncertainError,
     Sora2ValidationError,
 )
-from sora2_provider.hooks._wire import history_record, history_row, history_rows, parse_timestamp
+from sora2_provider.hooks._answers import history_record, history_row, history_rows, parse_timestamp
 from sora2_provider.hooks.sora2 import Sora2Hook
 from sora2_provider.models import DownloadResult, JobStatus, VideoRequest
 from tests.hook.support import HOOK_KEY, RATE_WINDOW, TIME_SCALE
@@ -105,10 +105,11 @@ def png_bytes() -> bytes:
 
 
 class OddServer:
-    """A local HTTP server whose answers a test scripts: a list of ``(status, headers, body, cut_after)``."""
+    """A local HTTP server whose answers a test scripts: a list of ``(status, headers, body, cut_after)``, or of
+    functions of the request's headers that return one."""
 
     def __init__(self) -> None:
-        self.answers: list[tuple[int, dict[str, str], bytes, int | None]] = []
+        self.answers: list[Any] = []
         self.received: list[dict[str, str]] = []
         outer = self
 
@@ -118,7 +119,8 @@ class OddServer:
             def do_GET(self) -> None:
                 outer.received.append({"method": self.command, "path": self.path, **self.headers})
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, headers, body, cut = outer.answers.pop(0)
+                answer = outer.answers.pop(0)
+                status, headers, body, cut = answer(self.headers) if callable(answer) else answer
                 self.send_response(status)
                 for name, value in {"Content-Length": str(len(body)), **headers}.items():
                     self.send_header(name, value)
@@ -529,9 +531,14 @@ def test_submit_429_is_retried_once_the_limit_resets(hook: Sora2Hook, hook_emula
 def test_submit_refused_connection_is_retried_then_reported(
     make_hook: Callable[..., Sora2Hook], caplog: pytest.LogCaptureFixture
 ) -> None:
-    hook = make_hook(max_retries=2, host=f"http://127.0.0.1:{free_port()}")
+    host = f"http://127.0.0.1:{free_port()}"
+    hook = make_hook(max_retries=2, host=host)
     err = raises(Sora2ServerError, lambda: hook.submit(REQUEST))
-    assert "nothing was sent" in str(err)
+    # What to do, first: the host, and that the emulator is not running there or the host is wrong.
+    assert str(err).startswith(
+        f"POST /v2/sora-2: could not connect to {host}, nothing was sent: is the Sora 2 emulator (`sora2-emulator`) "
+        "running there, or is the host of connection 'sora2_default' wrong? (ConnectionError: "
+    ), str(err)
     attempts = [r for r in caplog.records if r.name.startswith("urllib3") and "new HTTP connection" in r.getMessage()]
     assert len(attempts) == 3
 
@@ -553,8 +560,8 @@ def test_truncated_download_resumes_with_range(make_hook: Callable[..., Sora2Hoo
         assert [entry["status"] for entry in calls(emulator, "download")] == [200, 200, 206]
 
 
-def _mp4_like(size: int) -> bytes:
-    return b"\x00\x00\x00\x18ftypmp42" + hashlib.sha256(b"seed").digest() * (size // 32)
+def _mp4_like(size: int, seed: bytes = b"seed") -> bytes:
+    return b"\x00\x00\x00\x18ftypmp42" + hashlib.sha256(seed).digest() * (size // 32)
 
 
 def test_download_restarts_when_the_server_ignores_range(
@@ -567,6 +574,42 @@ def test_download_restarts_when_the_server_ignores_range(
     first, second = odd_server.received
     assert "Range" not in first and second["Range"].startswith("bytes=") and second["Range"] != "bytes=0-"
     assert not any(name.lower() == "x-api-key" for headers in odd_server.received for name in headers)
+
+
+def test_a_restart_refuses_a_file_that_changed_on_the_server(
+    make_hook: Callable[..., Sora2Hook], odd_server: OddServer, tmp_path: Path
+) -> None:
+    """The server ignores ``Range`` and now serves other bytes of the same length: gluing its tail to what was
+    written would store a corrupt video, so the download stops instead (and is not retried into one)."""
+    before, after = _mp4_like(3 * MiB), _mp4_like(3 * MiB, seed=b"re-encoded")
+    odd_server.answers = [(200, {"Content-Type": "video/mp4"}, before, 2 * MiB + 7), (200, {}, after, None)]
+    err = raises(Sora2DownloadError, lambda: make_hook().download(odd_server.url, tmp_path / "v.mp4"))
+    assert "changed on the server" in str(err)
+    assert len(odd_server.received) == 2
+
+
+def test_a_resumed_answer_that_ends_early_is_resumed_again(
+    make_hook: Callable[..., Sora2Hook], odd_server: OddServer, tmp_path: Path
+) -> None:
+    """A 206 that ends cleanly before the size its ``Content-Range`` announced (its own ``Content-Length`` is
+    honest, so the transport sees nothing wrong) is a short download: the hook asks for the rest."""
+    body = _mp4_like(3 * MiB)
+    size, short_end = len(body), 2 * MiB + 3
+
+    def from_range(headers: Any, end: int) -> tuple[int, dict[str, str], bytes, None]:
+        start = int(headers["Range"].removeprefix("bytes=").rstrip("-"))
+        return 206, {"Content-Range": f"bytes {start}-{size - 1}/{size}"}, body[start:end], None
+
+    odd_server.answers = [
+        (200, {"Content-Type": "video/mp4"}, body, MiB + 5),
+        lambda headers: from_range(headers, short_end),  # announces the rest, sends part of it
+        lambda headers: from_range(headers, size),
+    ]
+    result = make_hook().download(odd_server.url, tmp_path / "v.mp4")
+    assert (tmp_path / "v.mp4").read_bytes() == body
+    assert (result.bytes, result.sha256) == (size, hashlib.sha256(body).hexdigest())
+    first, resumed, resumed_again = odd_server.received
+    assert "Range" not in first and resumed["Range"] != "bytes=0-" and resumed_again["Range"] == f"bytes={short_end}-"
 
 
 def test_generate_sync_follows_a_json_answer_to_the_video(
@@ -601,7 +644,7 @@ def test_download_of_an_unknown_output_is_not_found(hook: Sora2Hook, hook_emulat
 _MEMORY_PROBE = """
 import json, resource, sys, threading
 import psutil
-from sora2_provider.hooks._wire import history_record, history_row, history_rows, parse_timestamp
+from sora2_provider.hooks._answers import history_record, history_row, history_rows, parse_timestamp
 from sora2_provider.hooks.sora2 import Sora2Hook
 
 hook = Sora2Hook()

@@ -1,4 +1,4 @@
-"""The download pipeline (hooks/_pipeline.py) and the writers behind ``atomic_writer`` (_writers.py): hashing and
+"""The download pipeline (hooks/_video_stream.py) and the writers behind ``atomic_writer`` (_writers.py): hashing and
 writing in threads of their own, errors raised in the caller, bounded queues, resumes and atomicity kept.
 
 No sleeps and no timings: threads are synchronised with events, and every wait has a generous safety timeout.
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sora2_provider.hooks._pipeline import BoundedQueue, ChunkPipeline, Stage
+from sora2_provider.hooks._video_stream import BoundedQueue, ChunkPipeline, Stage
 from sora2_provider.hooks.sora2 import Sora2Hook
 from tests.hook.support import HOOK_KEY, TIME_SCALE
 from tests.hook.test_hook import completed_job
@@ -215,13 +215,13 @@ def test_a_hashing_error_surfaces_from_download_and_leaves_nothing(
 ) -> None:
     from types import SimpleNamespace
 
-    from sora2_provider.hooks import _pipeline
+    from sora2_provider.hooks import _video_stream
 
     class BrokenSha:
         def update(self, chunk: bytes) -> None:
             raise MemoryError("no room to hash")
 
-    monkeypatch.setattr(_pipeline, "hashlib", SimpleNamespace(sha256=BrokenSha))
+    monkeypatch.setattr(_video_stream, "hashlib", SimpleNamespace(sha256=BrokenSha))
     hook, url = video_url
     with pytest.raises(MemoryError, match="no room to hash"):
         _download_atomically(hook, url, f"file://{tmp_path}/video.mp4")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sora2_provider.triggers._render_times import RENDER_TIMES
-from tests.support import TEST_API_KEY, dag_bag, probe_mp4, task_instances, xcom_value
+from tests.support import TEST_API_KEY, connection_json, dag_bag, probe_mp4, task_instances, xcom_value
 
 XCOM_FIELDS = {
     "uri",
@@ -42,7 +42,7 @@ with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2025, 1, 1), ca
         task_id="generate",
         retries={retries},
         retry_delay=datetime.timedelta(seconds=0),
-        poll_interval=0.05,
+        poll_interval={poll_interval!r},
         **{kwargs!r},
     )
 """
@@ -75,11 +75,14 @@ def run_generate(
     retries: int = 0,
     operator: str = "Sora2GenerateVideoOperator",
     preamble: str = "",
+    poll_interval: float = 0.05,
     **kwargs: Any,
 ):
     when = kwargs.pop("logical_date", None)
     test_kwargs = ({"logical_date": when, "run_after": when} if AIRFLOW_3 else {"execution_date": when}) if when else {}
-    source = DAG_SOURCE.format(dag_id=dag_id, operator=operator, retries=retries, kwargs=kwargs, preamble=preamble)
+    source = DAG_SOURCE.format(
+        dag_id=dag_id, operator=operator, retries=retries, kwargs=kwargs, preamble=preamble, poll_interval=poll_interval
+    )
     return dag_runner.run(dag_id, source, **test_kwargs)
 
 
@@ -312,9 +315,30 @@ def test_orphaned_intent_with_policy_fail_refuses_to_resubmit(sora2_conn, dag_ru
     )
 
     assert run.state == "failed"
-    assert task_instances(run)["generate"].try_number == 2
+    # The lost submit is looked up in the request history within the first try (issue 25): no job, so the
+    # policy refuses there, and the refusal is final.
+    assert task_instances(run)["generate"].try_number == 1
     assert sora2_conn.ledger == []
     assert "on_orphaned_intent='fail'" in console.read()
+
+
+def test_orphaned_intent_with_an_unreadable_history_is_not_resubmitted(
+    sora2_conn, dag_runner, file_output, console, monkeypatch
+):
+    """The first submit got no answer it could trust (502), so a job may exist; the request history that would
+    tell stays unreadable past the connection's ``max_outage``: every try fails rather than risk paying twice (the
+    default policy is ``resubmit``)."""
+    extras = {"max_outage": 1, "outage_backoff_max": 0.2}
+    monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(sora2_conn.url, **extras))
+    sora2_conn.add_fault("submit_v2", "status", status=502)
+    sora2_conn.add_fault("history", "status", status=503, times=1000)
+    run = run_generate(dag_runner, "gen_orphan_blind", retries=1, output_path=file_output, prompt="a kite", duration=4)
+
+    assert run.state == "failed"
+    assert task_instances(run)["generate"].try_number == 2
+    assert [e["status"] for e in sora2_conn.request_log if e["endpoint"] == "submit_v2"] == [502]
+    assert sora2_conn.ledger == []
+    assert "not resubmitting, to avoid paying twice" in console.read()
 
 
 def test_changed_prompt_on_a_later_try_submits_a_new_job(sora2_conn, dag_runner, file_output, console, records):
@@ -374,24 +398,75 @@ def test_changed_prompt_on_a_rerun_of_the_same_logical_date_submits_a_new_job(
     assert "is abandoned" in console.read()
 
 
-def test_rerun_of_a_succeeded_task_makes_no_api_call(sora2_conn, dag_runner, file_output, tmp_path):
-    """A new ``dag.test()`` of a logical date deletes the old run (and its task-state rows): the output note
-    that carries the XCom across runs needs the object layout here; the e2e suite clears a real run instead."""
-    records = Records("state_path", tmp_path)
-    first = run_generate(
-        dag_runner, "gen_rerun", output_path=file_output, prompt="a sailboat", duration=4, **records.kwargs
-    )
-    calls_after_first = len(sora2_conn.request_log)
+#: One DAG whose tasks each meet a different rerun case; every task's output lies in ``{folder}``.
+RERUN_DAG = """
+import pendulum
+from airflow.providers.common.compat.sdk import DAG
+from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
 
-    second = run_generate(
-        dag_runner, "gen_rerun", output_path=file_output, prompt="a sailboat", duration=4, **records.kwargs
-    )
+with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False) as dag:
+    for task_id, extra in {tasks!r}.items():
+        Sora2GenerateVideoOperator(
+            task_id=task_id,
+            output_path={folder!r} + "/" + task_id + ".mp4",
+            prompt="{{{{ (dag_run.conf or {{}}).get('prompt', {{}}).get(task.task_id, 'a sailboat') }}}}",
+            duration=4,
+            poll_interval=0.05,
+            state_path={state_path!r},
+            **extra,
+        )
+"""
+RERUN_TASKS = {"unchanged": {}, "overwrite": {"overwrite": True}, "tampered": {}, "deleted": {}, "new_prompt": {}}
 
-    assert second.state == "success"
-    assert len(sora2_conn.request_log) == calls_after_first
-    before, after = xcom_value(first, "generate"), xcom_value(second, "generate")
-    assert after["decision"] == "existing_output"
-    assert {k: v for k, v in after.items() if k != "decision"} == {k: v for k, v in before.items() if k != "decision"}
+
+def calls_during(emulator, ti) -> list[str]:
+    """The emulator's endpoints called while ``ti`` ran (``dag.test()`` runs one task instance at a time)."""
+    start, end = ti.start_date.timestamp(), ti.end_date.timestamp()
+    return [e["endpoint"] for e in emulator.request_log if start <= e["time"] <= end]
+
+
+def test_a_rerun_reuses_only_the_verified_video_of_the_same_inputs(sora2_conn, dag_runner, tmp_path, console):
+    """The second run of a logical date: an untouched video from the same inputs is reused without any API call;
+    ``overwrite=True``, a video changed or removed since it was noted, and other inputs each pay for a new one.
+
+    ``dag.test()`` deletes and recreates the run of a logical date (and its task-state rows): the note that carries
+    the XCom across runs needs the object layout (``state_path``) here; the e2e suite clears a real run instead."""
+    when = datetime.datetime(2025, 4, 1, tzinfo=datetime.timezone.utc)
+    folder = tmp_path / "videos"
+    source = RERUN_DAG.format(
+        dag_id="gen_rerun", tasks=RERUN_TASKS, folder=f"file://{folder}", state_path=f"file://{tmp_path}/records/"
+    )
+    first = dag_runner.run("gen_rerun", source, logical_date=when, run_after=when)
+    assert first.state == "success"
+    before = {task_id: xcom_value(first, task_id) for task_id in RERUN_TASKS}
+    tampered = (folder / "tampered.mp4").read_bytes()  # same size, still an MP4, one byte changed
+    (folder / "tampered.mp4").write_bytes(tampered[:-1] + bytes([tampered[-1] ^ 0xFF]))
+    (folder / "deleted.mp4").unlink()
+    console.read()
+
+    conf = {"prompt": {"new_prompt": "a sailboat at night"}}
+    second = dag_runner.run("gen_rerun", source, logical_date=when, run_after=when, run_conf=conf)
+
+    assert second.run_id == first.run_id and second.state == "success"
+    after = {task_id: xcom_value(second, task_id) for task_id in RERUN_TASKS}
+    assert {task_id: xcom["decision"] for task_id, xcom in after.items()} == {
+        "unchanged": "existing_output",
+        "overwrite": "new_submit",
+        "tampered": "new_submit",
+        "deleted": "new_submit",
+        "new_prompt": "new_submit",
+    }
+    assert {k: v for k, v in after["unchanged"].items() if k != "decision"} == {
+        k: v for k, v in before["unchanged"].items() if k != "decision"
+    }
+    assert calls_during(sora2_conn, task_instances(second)["unchanged"]) == []
+    for task_id in ("overwrite", "tampered", "deleted", "new_prompt"):
+        assert after[task_id]["request_id"] != before[task_id]["request_id"], task_id
+        data = (folder / f"{task_id}.mp4").read_bytes()
+        assert (after[task_id]["bytes"], after[task_id]["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert after["new_prompt"]["prompt"] == "a sailboat at night"
+    assert "was made from other inputs; generating a new one" in console.read()
+    assert len(sora2_conn.ledger) == len(RERUN_TASKS) + 4
 
 
 def test_download_cut_mid_stream_leaves_nothing_and_the_retry_completes(sora2_conn, dag_runner, tmp_path):
@@ -457,16 +532,52 @@ def test_non_retryable_errors_fail_in_one_try(emulator, monkeypatch, dag_runner,
     assert not any(job["charged"] for job in emulator.ledger)
 
 
-def test_failed_job_fails_the_task_with_segmind_message_and_is_retryable(sora2_conn, dag_runner, file_output, console):
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferrable", "polling"])
+def test_failed_job_fails_the_task_with_segmind_message_and_is_retryable(
+    sora2_conn, dag_runner, file_output, console, deferrable
+):
+    """FAILED ends the wait in the triggerer (from the request history) and on the worker (from the status, HTTP
+    422); ``generation_timeout`` only bounds a wait that would otherwise not end."""
     sora2_conn.add_fault("submit_v2", "fail_job", message="prompt rejected by safety system")
     run = run_generate(
-        dag_runner, "gen_job_failed", retries=1, output_path=file_output, prompt="a storm", duration=4, deferrable=True
+        dag_runner,
+        f"gen_job_failed_{deferrable}",
+        retries=1,
+        output_path=file_output,
+        prompt="a storm",
+        duration=4,
+        deferrable=deferrable,
+        generation_timeout=20,
     )
 
     assert run.state == "success"  # the retry submitted again: a FAILED job is not billed
     assert "prompt rejected by safety system" in console.read()
     assert [job["status"] for job in sora2_conn.ledger] == ["FAILED", "COMPLETED"]
     assert len(charged(sora2_conn)) == 1
+
+
+def test_generation_timeout_ends_the_wait_and_the_retry_does_not_resubmit(
+    sora2_conn, dag_runner, file_output, console
+):
+    """A sora-2-pro job renders for 2 s here; the task allows 0.5 s from its submit. The first try stops waiting,
+    the retry finds the limit already passed and fails without buying another job (the record is kept)."""
+    run = run_generate(
+        dag_runner,
+        "gen_timeout",
+        retries=1,
+        output_path=file_output,
+        prompt="a glacier",
+        model="sora-2-pro",
+        duration=4,
+        generation_timeout=0.5,
+    )
+
+    assert run.state == "failed"
+    assert task_instances(run)["generate"].try_number == 2
+    output = console.read()
+    assert "within generation_timeout=0:00:00.500000" in output
+    assert len(sora2_conn.ledger) == 1
+    assert not ObjectPath(file_output).exists()
 
 
 def test_max_cost_below_the_estimate_fails_before_submit(sora2_conn, dag_runner, file_output, console):
@@ -503,6 +614,24 @@ def test_private_image_is_uploaded_and_used_as_input_reference(sora2_conn, dag_r
     uploaded = row["request_body"]["input_reference"]
     assert uploaded.startswith(sora2_conn.url)
     assert requests.get(uploaded, timeout=5).content == image.read_bytes()
+
+
+def test_a_missing_output_bucket_fails_at_once_naming_it_and_nothing_is_paid(sora2_conn, aws_conn, dag_runner):
+    import boto3
+    import botocore.exceptions
+
+    output = "s3://aws_default@no-such-bucket/daily/out.mp4"
+    run = run_generate(dag_runner, "gen_no_bucket", output_path=output, prompt="a fern", duration=4, retries=2)
+    assert run.state == "failed"
+    assert sora2_conn.ledger == []  # nothing submitted, so nothing paid
+    assert [(ti.state, ti.try_number) for ti in task_instances(run).values()] == [("failed", 1)]  # no retry
+    assert xcom_value(run, "generate", key="sora2_error") == (
+        f"output_path: the bucket 'no-such-bucket' of {output} does not exist: create it, or correct output_path or "
+        "its connection; nothing was submitted"
+    )
+    s3 = boto3.client("s3", endpoint_url=aws_conn, region_name="us-east-1")
+    with pytest.raises(botocore.exceptions.ClientError):  # and the provider did not create it
+        s3.head_bucket(Bucket="no-such-bucket")
 
 
 def test_extra_links_point_at_the_stored_video(sora2_conn, aws_conn, dag_runner):
@@ -544,6 +673,7 @@ def test_asset_outlet_event_carries_the_video_metadata(sora2_conn, dag_runner, f
         dag_id="gen_asset",
         operator="Sora2GenerateVideoOperator",
         retries=0,
+        poll_interval=0.05,
         preamble=preamble,
         kwargs={"output_path": file_output, "prompt": "a comet", "duration": 4},
     )
@@ -565,38 +695,51 @@ def test_asset_outlet_event_carries_the_video_metadata(sora2_conn, dag_runner, f
     assert {key: extra.get(key) for key in expected} == expected
 
 
-def test_on_kill_stops_worker_side_polling_and_keeps_the_job_record(sora2_conn, file_output):
-    """``on_kill`` from another thread ends the polling wait at once; the record stays for the next try."""
-    import threading
+#: A subclass whose ``on_kill`` is called from another thread, as the task runner does on SIGTERM, once the
+#: emulator has answered the submit (polled with a deadline).
+KILLED_WHILE_POLLING = """
+import threading
+import time
 
-    from airflow.providers.common.compat.sdk import AirflowException
+import requests
 
-    from sora2_provider.hooks.sora2 import Sora2Hook
-    from sora2_provider.models import VideoRequest
-    from sora2_provider.operators.sora2 import Sora2GenerateVideoOperator
+class KilledWhilePolling(Sora2GenerateVideoOperator):
+    def execute(self, context):
+        threading.Thread(target=self._kill_once_submitted, daemon=True).start()
+        return super().execute(context)
 
-    operator = Sora2GenerateVideoOperator(
-        task_id="generate",
-        prompt="a glacier",
-        output_path=file_output,
+    def _kill_once_submitted(self):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            log = requests.get({url!r} + "/_emulator/requests", timeout=5).json()["requests"]
+            if any(e["endpoint"] == "submit_v2" and e["status"] == 200 for e in log):
+                self.on_kill()
+                return
+            threading.Event().wait(0.01)
+"""
+
+
+def test_on_kill_stops_worker_side_polling_and_keeps_the_job_record(sora2_conn, dag_runner, tmp_path, console):
+    """``on_kill`` ends the polling wait at once (a 30 s interval here, and the job renders for 2 s); the job
+    record stays, naming the job already paid for, so the next try resumes it."""
+    output = f"file://{tmp_path}/videos/out.mp4"
+    run = run_generate(
+        dag_runner,
+        "gen_killed",
+        operator="KilledWhilePolling",
+        preamble=KILLED_WHILE_POLLING.format(url=sora2_conn.url),
         poll_interval=30,
+        output_path=output,
+        prompt="a glacier",
         model="sora-2-pro",
-        duration=12,
+        duration=4,
     )
-    hook = Sora2Hook()
-    request_id = hook.submit(VideoRequest.create("a glacier", model="sora-2-pro", duration=12)).request_id
-    polled = threading.Event()
-    original = hook.get_status
 
-    def get_status(job_id):
-        status = original(job_id)
-        polled.set()
-        return status
-
-    hook.get_status = get_status  # observe (not replace) the real call, to kill only once polling has begun
-    killer = threading.Thread(target=lambda: polled.wait(10) and operator.on_kill())
-    killer.start()
-    with pytest.raises(AirflowException, match="was stopped; the next try resumes it"):
-        operator._poll(hook, request_id, datetime.timedelta(minutes=5))
-    killer.join()
-    assert len(sora2_conn.ledger) == 1
+    assert run.state == "failed"
+    assert "was stopped; the next try resumes it" in console.read()
+    (job,) = sora2_conn.ledger
+    record = Records("task_state_store", tmp_path).job_record(run)
+    assert record is not None, "the killed try left no job record"
+    assert (record["request_id"], record["decision"]) == (job["request_id"], "new_submit")
+    assert not [e for e in sora2_conn.request_log if e["endpoint"] in ("status", "result", "download")]
+    assert not ObjectPath(output).exists()

@@ -118,15 +118,16 @@ def test_openlineage_complete_event_names_the_video_the_image_and_the_sora2_face
     facet = complete["run"]["facets"]["sora2"]
     (job,) = emulator.ledger
     assert facet["_schemaURL"] == SCHEMA_URL
-    assert SCHEMA_URL.split("#")[0].endswith("/sora2_provider/facets/" + SCHEMA_FILE.name)
+    assert SCHEMA_URL.split("#")[0] == "sora2_provider/facets/" + SCHEMA_FILE.name
     assert {k: facet[k] for k in ("model", "duration", "size", "request_id", "cost", "decision")} == {
         "model": "sora-2",
         "duration": 4,
         "size": "720x1280",
         "request_id": job["request_id"],
-        "cost": job["charged"],
+        "cost": 0.4,  # sora-2 at USD 0.10 per output second x 4 s (Segmind's price table)
         "decision": "new_submit",
     }
+    assert job["charged"] == 0.4
     assert facet["estimated_cost"] == 0.4
     assert facet["generation_seconds"] > 0
     schema = json.loads(SCHEMA_FILE.read_text())
@@ -218,9 +219,10 @@ def test_a_generation_emits_its_metrics(dag_runner, emulator, tmp_path, statsd):
         by_name.setdefault(name, []).append((value, kind))
     (job,) = emulator.ledger
     size = (tmp_path / "videos" / "m.mp4").stat().st_size
+    assert job["charged"] == 0.4  # sora-2 at USD 0.10 per output second x 4 s (Segmind's price table)
     assert by_name["sora2.jobs.submitted"] == [(1.0, "c")]
-    assert by_name["sora2.credits.spent"] == [(job["charged"], "c")]
-    assert by_name["sora2.cost.charged"] == [(job["charged"], "g")]
+    assert by_name["sora2.credits.spent"] == [(0.4, "c")]
+    assert by_name["sora2.cost.charged"] == [(0.4, "g")]
     assert by_name["sora2.cost.estimated"] == [(0.4, "g")]
     assert by_name["sora2.download.bytes"] == [(float(size), "c")]
     ((mbps, kind),) = by_name["sora2.download.mb_per_s"]
@@ -261,13 +263,13 @@ def test_failures_are_counted_by_reason(dag_runner, emulator, tmp_path, statsd):
     assert emulator.ledger == []
 
 
-def test_failure_reasons_are_read_from_the_operator_messages():
-    from sora2_provider.metrics import failure_reason
+def test_failure_reasons_of_hook_errors_come_from_their_type_and_status():
+    from sora2_provider.exceptions import Sora2AuthError, Sora2JobFailedError, Sora2ServerError
+    from sora2_provider.operators._failures import reason_of
+    from sora2_provider.spend import Sora2SpendCapError
 
-    assert failure_reason("max_spend_per_day: refusing to submit ...") == "spend_cap"
-    assert failure_reason("max_cost: the job would cost 6.00 credits") == "max_cost"
-    assert failure_reason("Sora 2 job abc FAILED (not billed): moderation") == "job_failed"
-    assert failure_reason("job abc did not finish within generation_timeout=1:00:00") == "timeout"
-    assert failure_reason("POST /v2/sora-2: Segmind rejected a parameter | HTTP 400") == "rejected"
-    assert failure_reason("something else") == "error"
-
+    assert reason_of(Sora2SpendCapError("max_spend_per_day: refusing", cap=4.0, spent=3.6, estimate=0.8)) == "spend_cap"
+    assert reason_of(Sora2JobFailedError("moderation", status_code=200)) == "job_failed"
+    assert reason_of(Sora2AuthError("POST /v2/sora-2: key refused", status_code=401)) == "rejected"
+    assert reason_of(Sora2ServerError("POST /v2/sora-2", status_code=503)) == "error"
+    assert reason_of(Sora2AuthError("HTTP 400 in the text alone is no status")) == "error"

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from sora2_provider.models import estimate_cost
-from tests.support import connection_json, task_instances
+from sora2_provider.models import VideoRequest
+from tests.support import connection_json, task_instances, wait_for
 
-PRICE = estimate_cost("sora-2", 8)  # 0.8 credits: sora-2, 8 s, 720x1280
+#: sora-2, 8 s: USD 0.10 per output second x 8 s (Segmind's price table: the API contract, README "Costs").
+PRICE = 0.8
 
 MAPPED_DAG = """
 import datetime
@@ -85,7 +86,6 @@ def run_single(dag_runner, tmp_path, dag_id: str, *, operator: str = "Sora2Gener
 def test_mapped_20_with_cap_4_pays_exactly_5_and_fails_15_in_one_try(
     dag_runner, emulator, monkeypatch, tmp_path, console
 ):
-    assert PRICE == 0.8
     cap_conn(monkeypatch, emulator, 4.0)
     outputs = [f"file://{tmp_path}/videos/clip-{i:02d}.mp4" for i in range(20)]
     run = dag_runner.run("spend_cap_mapped", MAPPED_DAG.format(dag_id="spend_cap_mapped", outputs=outputs, extra=""))
@@ -168,8 +168,7 @@ def test_a_resumed_job_is_never_refused(
 def test_pending_jobs_count_at_their_estimate(monkeypatch):
     """A job still rendering is not charged yet (credits_deduction 0 in the history): it counts at its estimate."""
     from sora2_provider.hooks.sora2 import Sora2Hook
-    from sora2_provider.models import VideoRequest
-    from sora2_provider.spend import Sora2SpendCapError, rolling_spend
+    from sora2_provider.spend import Sora2SpendCapError
     from sora2_provider.testing.emulator import Sora2Emulator
     from tests.support import TEST_API_KEY
 
@@ -178,10 +177,29 @@ def test_pending_jobs_count_at_their_estimate(monkeypatch):
         hook = Sora2Hook()
         hook.submit(VideoRequest.create("a", "sora-2", 8))
         hook.submit(VideoRequest.create("b", "sora-2-pro", 4))  # 0.3 x 4 = 1.2
-        spend = rolling_spend(hook)
+        spend = hook.rolling_spend()
         assert (spend.charged, spend.pending, spend.pending_jobs) == (0.0, 2.0, 2)
         with pytest.raises(Sora2SpendCapError) as refused:
             hook.submit(VideoRequest.create("c", "sora-2", 4))
         assert (refused.value.cap, refused.value.spent, refused.value.estimate) == (2.0, 2.0, 0.4)
         assert "2.00 estimated for 2 pending" in str(refused.value)
         assert len([e for e in slow.request_log if e["method"] == "POST"]) == 2
+
+
+def test_failed_jobs_cost_nothing_towards_the_cap(emulator, monkeypatch):
+    """A FAILED job is not billed (the contract): with a cap of 1.0, a failed 0.8-credit job leaves room for a
+    0.4-credit one; counted at its estimate it would not (0.8 + 0.4 > 1.0). Prices: sora-2 at USD 0.10/s."""
+    from sora2_provider.hooks.sora2 import Sora2Hook
+    from sora2_provider.spend import Sora2SpendCapError
+
+    cap_conn(monkeypatch, emulator, 1.0)
+    hook = Sora2Hook()
+    emulator.add_fault("submit_v2", "fail_job", message="the prompt was blocked")
+    failed = hook.submit(VideoRequest.create("a storm", "sora-2", 8)).request_id
+    wait_for("the job to fail", lambda: hook.get_status(failed).status == "FAILED", timeout=30, interval=0.05)
+
+    hook.submit(VideoRequest.create("a calm sea", "sora-2", 4))
+    with pytest.raises(Sora2SpendCapError) as refused:
+        hook.submit(VideoRequest.create("a calm sea at dawn", "sora-2", 8))
+    assert (refused.value.spent, refused.value.estimate) == (0.4, 0.8)
+    assert len(paid_posts(emulator)) == 2

@@ -13,7 +13,7 @@ from sora2_provider.hooks.sora2 import Sora2Hook
 from sora2_provider.models import VideoRequest
 from sora2_provider.triggers._watcher import HistoryWatcher
 from sora2_provider.triggers.sora2 import Sora2JobTrigger
-from tests.operator.test_job_trigger import first_event
+from tests.operator.test_job_trigger import only_event
 from tests.support import TEST_API_KEY, connection_json, with_heartbeat
 
 POLL = 0.05
@@ -43,7 +43,7 @@ def test_a_hundred_triggers_share_one_watcher_and_one_history_call_per_interval(
     seen: dict[str, object] = {}
 
     async def run_all():
-        waits = [asyncio.ensure_future(first_event(Sora2JobTrigger(r, poll_interval=POLL))) for r in request_ids]
+        waits = [asyncio.ensure_future(only_event(Sora2JobTrigger(r, poll_interval=POLL))) for r in request_ids]
         await until(lambda: len(HistoryWatcher.active()) == 1 and len(HistoryWatcher.active()[0].watched) == 100)
         seen["watcher"] = HistoryWatcher.active()[0]
         started = time.monotonic()
@@ -69,7 +69,7 @@ def test_a_job_missing_from_the_history_still_completes_through_its_own_status(s
     sora2_conn.unlist(hidden)
 
     async def run_all():
-        return await asyncio.gather(*(first_event(Sora2JobTrigger(r, poll_interval=POLL)) for r in (listed, hidden)))
+        return await asyncio.gather(*(only_event(Sora2JobTrigger(r, poll_interval=POLL)) for r in (listed, hidden)))
 
     by_id = {e["request_id"]: e for e in asyncio.run(run_all())}
 
@@ -88,7 +88,7 @@ def test_cancelled_triggers_leave_the_others_waiting_and_the_last_one_stops_the_
         request_ids = submit_many(10)
 
         async def scenario():
-            waits = [asyncio.ensure_future(first_event(Sora2JobTrigger(r, poll_interval=POLL))) for r in request_ids]
+            waits = [asyncio.ensure_future(only_event(Sora2JobTrigger(r, poll_interval=POLL))) for r in request_ids]
             await until(lambda: HistoryWatcher.active() and len(HistoryWatcher.active()[0].watched) == 10)
             watcher = HistoryWatcher.active()[0]
             rounds = watcher.history_calls

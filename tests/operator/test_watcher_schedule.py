@@ -15,7 +15,7 @@ from sora2_provider.models import VideoRequest
 from sora2_provider.triggers._render_times import RENDER_TIMES, prior_ages
 from sora2_provider.triggers._watcher import HistoryWatcher
 from sora2_provider.triggers.sora2 import Sora2JobTrigger
-from tests.operator.test_job_trigger import first_event
+from tests.operator.test_job_trigger import only_event
 from tests.operator.test_watcher import until
 from tests.support import TEST_API_KEY, connection_json
 
@@ -40,7 +40,7 @@ def trigger(request_id: str, submitted_at: str) -> Sora2JobTrigger:
 
 def wait_for(*jobs: tuple[str, str]) -> list[dict]:
     async def run_all():
-        return await asyncio.gather(*(first_event(trigger(*job)) for job in jobs))
+        return await asyncio.gather(*(only_event(trigger(*job)) for job in jobs))
 
     return asyncio.run(run_all())
 
@@ -130,9 +130,9 @@ def test_a_trigger_arriving_while_the_watcher_sleeps_is_planned_in(sora2_conn):
     job = submit()
 
     async def scenario():
-        waiting_pro = asyncio.ensure_future(first_event(pro_trigger, timeout=60))
+        waiting_pro = asyncio.ensure_future(only_event(pro_trigger, timeout=60))
         await until(lambda: bool(HistoryWatcher.active()) and HistoryWatcher.active()[0].sleeping_until is not None)
-        event = await first_event(trigger(*job), timeout=6.0)
+        event = await only_event(trigger(*job), timeout=6.0)
         still_waiting = not waiting_pro.done()
         waiting_pro.cancel()
         return event, still_waiting

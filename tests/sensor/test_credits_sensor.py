@@ -6,16 +6,19 @@ import asyncio
 import importlib
 import importlib.abc
 import json
+import re
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import requests
+from airflow.providers.common.compat.sdk import AirflowFailException
 
 from sora2_provider.sensors.credits import CreditsSensor
 from sora2_provider.triggers.credits import CreditsTrigger
@@ -101,15 +104,23 @@ def test_bad_arguments_fail_at_construction_naming_the_field(kwargs, names):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "context", "named"),
     [
-        {"min_credits": "{{ params.need }}"},
-        {"jobs": "{{ dag_run.conf['plan'] | tojson }}"},
-        {"jobs": [{"model": "{{ params.model }}", "duration": 8}]},
+        ({"min_credits": "{{ params.need }}"}, {"params": {"need": -5}}, "min_credits: '-5'"),
+        (
+            {"jobs": "{{ dag_run.conf['plan'] | tojson }}"},
+            {"dag_run": SimpleNamespace(conf={"plan": [{"model": "sora-3", "duration": 8}]})},
+            "jobs[0].model",
+        ),
+        ({"jobs": [{"model": "{{ params.model }}", "duration": 8}]}, {"params": {"model": "sora-3"}}, "jobs[0].model"),
     ],
 )
-def test_templated_values_are_checked_after_rendering_not_at_construction(kwargs):
-    CreditsSensor(task_id="credits", **kwargs)
+def test_templated_values_are_checked_after_rendering_not_at_construction(kwargs, context, named):
+    """A template is no value yet: construction accepts it; what it renders to is checked before any call."""
+    sensor = CreditsSensor(task_id="credits", **kwargs)
+    sensor.render_template_fields(context)
+    with pytest.raises(AirflowFailException, match=re.escape(named)):
+        sensor.poke(context)  # no connection is defined here: the check must come before the hook
 
 
 def test_jobs_plan_costs_18_credits_from_the_price_table():
@@ -215,7 +226,7 @@ def test_transient_errors_keep_the_sensor_waiting(sora2_conn, dag_runner, consol
 
     assert task_instances(run)["credits"].state == "success"
     assert [call["status"] for call in credits_calls(sora2_conn)] == [503] * 6 + [200]
-    assert "Could not read the Segmind balance, still waiting" in console.read()
+    assert "Segmind is unreachable for the balance of 'sora2_default'" in console.read()
 
 
 # -- acceptance 4: failing fast, timing out softly ---------------------------------------------------
@@ -306,8 +317,11 @@ def test_trigger_serializes_to_primitives_without_the_key(sora2_conn):
     assert CreditsTrigger(**json.loads(text)).serialize() == (classpath, kwargs)
 
 
-async def _first_event(trigger: CreditsTrigger) -> Any:
-    return await anext(trigger.run())
+async def _only_event(trigger: CreditsTrigger) -> Any:
+    """The one event ``trigger.run()`` yields: the generator is run to its end, and anything but one event fails."""
+    events = [event async for event in trigger.run()]
+    assert len(events) == 1, f"the trigger yielded {len(events)} events, not one: {events}"
+    return events[0]
 
 
 async def _top_up_when(emulator: Any, api_key: str, calls: int, credits: float) -> None:
@@ -325,7 +339,7 @@ def test_trigger_never_blocks_the_event_loop(sora2_conn):
 
     async def scenario() -> Heartbeat:
         top_up = asyncio.create_task(_top_up_when(sora2_conn, key, calls=2, credits=75.0))
-        result = await asyncio.wait_for(with_heartbeat(_first_event(trigger)), timeout=30)
+        result = await asyncio.wait_for(with_heartbeat(_only_event(trigger)), timeout=30)
         await top_up
         return result
 
@@ -347,7 +361,7 @@ def test_trigger_error_events_for_bad_key_and_missing_record(sora2_conn, monkeyp
 
     async def both() -> list[Any]:
         return [
-            await _first_event(CreditsTrigger(required=1, sora2_conn_id=conn_id, poke_interval=0.1))
+            await _only_event(CreditsTrigger(required=1, sora2_conn_id=conn_id, poke_interval=0.1))
             for conn_id in ("sora2_wrong", "sora2_default")
         ]
 
@@ -364,7 +378,7 @@ def test_trigger_keeps_polling_through_transient_errors_and_times_out(sora2_conn
     sora2_conn.add_fault("credits", "reset", times=6)
     trigger = CreditsTrigger(required=50, poke_interval=0.05, timeout_at=time.time() + 0.5)
 
-    event = asyncio.run(asyncio.wait_for(_first_event(trigger), timeout=30))
+    event = asyncio.run(asyncio.wait_for(_only_event(trigger), timeout=30))
 
     assert event.payload["status"] == "timeout"
     assert "available=1.0000; required=50.0000; shortfall=49.0000" in event.payload["message"]

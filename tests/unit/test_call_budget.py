@@ -1,11 +1,11 @@
-"""The call budget's rules on a clock the test moves (hooks/_limiter.py); tests/operator/test_watcher.py and
+"""The call budget's rules on a clock the test moves (hooks/_call_budget.py); tests/operator/test_watcher.py and
 test_rate_limit_windows below run it against the emulator's real rate limit."""
 
 from __future__ import annotations
 
 import pytest
 
-from sora2_provider.hooks._limiter import GROW_AFTER, MAX_WINDOW, PROBE_WAIT, RESET_MARGIN, CallBudget
+from sora2_provider.hooks._call_budget import GROW_AFTER, MAX_WINDOW, PROBE_WAIT, RESET_MARGIN, CallBudget
 from tests.support import TEST_API_KEY, connection_json
 
 

@@ -1,32 +1,14 @@
-"""The README's spend cap, lineage and metrics sections hold what the code does (their code blocks run here;
-the spend-cap DAG is parsed by test_readme.py's ``test_dag_examples_parse``)."""
+"""The docs' spend cap, lineage and metrics pages hold what the code does (their code blocks run here; the
+spend-cap DAG is parsed by test_readme.py's ``test_dag_examples_parse``)."""
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
-from pathlib import Path
 
-from tests.unit.test_readme import README, bash_commands, blocks
+from tests.doc_blocks import ROOT, all_blocks, exported, section
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def section(title: str) -> str:
-    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
-
-
-def exported(prefix: str) -> dict[str, str]:
-    """``NAME=value`` pairs of the README's ``export`` lines whose names start with ``prefix``."""
-    pairs = {}
-    for line in bash_commands():
-        if line.startswith("export ") and prefix in line:  # other exports may span lines
-            for word in shlex.split(line.removeprefix("export ")):
-                name, _, value = word.partition("=")
-                if name.startswith(prefix):
-                    pairs[name] = value
-    return pairs
+__all__ = ["exported"]  # tests/operator/test_observability.py runs the docs' OpenLineage transport
 
 
 def test_openlineage_transport_example_is_a_file_transport():
@@ -44,9 +26,9 @@ def test_facet_example_matches_the_shipped_schema_and_the_facet_class():
 
     from sora2_provider.lineage import SCHEMA_FILE, SCHEMA_URL, Sora2RunFacet
 
-    (code,) = [c for c in blocks("python") if "SORA2_RUN_FACET" in c]
+    (block,) = [b for b in all_blocks("python") if "SORA2_RUN_FACET" in b.code]
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(block.code, block.where, "exec"), namespace)
     example = namespace["SORA2_RUN_FACET"]
     assert example["_schemaURL"] == SCHEMA_URL
     schema = json.loads(SCHEMA_FILE.read_text())
@@ -59,10 +41,8 @@ def test_facet_example_matches_the_shipped_schema_and_the_facet_class():
 def test_metrics_table_names_every_metric_the_module_emits():
     source = (ROOT / "sora2_provider" / "metrics.py").read_text()
     emitted = {re.sub(r"\{\w+\}", "<reason>", name) for name in re.findall(r'_emit\("\w+", f?"([^"]+)"', source)}
-    table = set(re.findall(r"^\| `sora2\.([^`]+)` \|", section("Metrics"), flags=re.M))
-    assert table == emitted
-    docstring = set(re.findall(r"^``sora2\.(\S+)``", source, flags=re.M))
-    assert docstring == emitted
+    table = set(re.findall(r"^\| `sora2\.([^`]+)` \|", (ROOT / "docs" / "metrics.md").read_text(), flags=re.M))
+    assert table == emitted  # docs/metrics.md is the table's one home (metrics.py's docstring no longer repeats it)
 
 
 def test_statsd_example_sets_options_airflow_knows():
@@ -77,7 +57,7 @@ def test_statsd_example_sets_options_airflow_knows():
 def test_spend_cap_section_names_the_bound_and_the_connection_field():
     from sora2_provider.get_provider_info import get_provider_info
 
-    text = section("Daily spend cap")
+    text = section("docs/costs.md", "Daily spend cap")
     assert "(P - 1) x the largest job's cost" in text
     fields = get_provider_info()["connection-types"][0]["conn-fields"]
     assert f'the "{fields["max_spend_per_day"]["label"]}" field' in text.replace("\n", " ")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-from sora2_provider.operators._job import job_state_store, warn_if_local_file_on_remote_workers
+from sora2_provider.operators._output import job_state_store, warn_if_local_file_on_remote_workers
 from sora2_provider.state import JobRecord, ObjectStateRecords, TaskStateRecords, identity_key
 
 IDENTITY = identity_key("dag", "task", "run", -1)
@@ -99,7 +99,7 @@ def test_a_local_file_on_remote_workers_is_warned_about(monkeypatch, capfd, exec
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executor)
     operator = Sora2GenerateVideoOperator(task_id="generate", prompt="a kite", output_path=output_uri)
     capfd.readouterr()
-    warn_if_local_file_on_remote_workers(operator, ObjectStoragePath(output_uri))
+    warn_if_local_file_on_remote_workers(operator.executor, ObjectStoragePath(output_uri), operator.log)
     messages = [line for line in capfd.readouterr().out.splitlines() if "is a local file" in line]
     assert len(messages) == (1 if warned else 0), messages
     if warned:

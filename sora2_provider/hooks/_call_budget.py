@@ -1,18 +1,8 @@
 """One call budget per connection and process: keyed calls wait their turn instead of being refused.
 
-Segmind counts an account's calls in fixed windows and answers 429 with ``x-rate-limit-reset-at-utc`` once a
-window's allowance is spent. The budget learns from those answers: a refusal closes it until the reset time,
-and the number of calls that went through in the window before the refusal becomes the allowance of the
-next windows. After a reset at most that many calls go out; then one call probes for the next reset while
-the others wait (a probe that passes shows the window had room: counting starts again). Two refusals of
-different windows also tell the window's length (the gap between their reset times, at most
-:data:`MAX_WINDOW`). From then on, once the allowance is spent, the budget closes itself until one window after
-the first answer to a call of this window (the window had begun by then), and probes only after
-:data:`GROW_AFTER` such windows without a refusal: a probe that passes raises the allowance by one (the first
-refusal may have come while other processes shared the window), one that is refused closes the budget as usual.
-
-Waiting is the caller's: :meth:`CallBudget.wait` sleeps (worker side), :meth:`CallBudget.await_turn` awaits
-``asyncio.sleep`` (a trigger's coroutine, so no executor thread is held while it waits).
+The budget learns the account's allowance per window (and the window's length) from Segmind's 429 answers and
+their ``x-rate-limit-reset-at-utc``; the rules are in the README's rate-limit section. Waiting is the caller's:
+:meth:`CallBudget.wait` sleeps (worker side), :meth:`CallBudget.await_turn` awaits (a trigger's coroutine).
 """
 
 from __future__ import annotations

@@ -1,40 +1,35 @@
-"""Pure helpers of the Sora 2 hook: reading Segmind's answers defensively, and streaming a video body.
+"""Reading Segmind's answers defensively: numbers, times, error text, job and history bodies into models.
 
-Nothing here speaks HTTP by itself or knows the API key; :mod:`sora2_provider.hooks.sora2` does.
+Plain functions of parsed bodies and responses; nothing here sends a request or knows the API key.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import itertools
 import json
+import mimetypes
 import re
-from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import IO, Any
+from typing import Any
 
 import requests
 
-from sora2_provider.exceptions import Sora2DownloadError
-from sora2_provider.hooks._pipeline import ChunkPipeline
-from sora2_provider.models import DownloadResult, HistoryRecord
+from sora2_provider.models import HistoryRecord, JobResult, JobStatus, SubmittedJob
 
-CHUNK_SIZE = 1 << 20
-MP4_SIGNATURE = b"ftyp"
+IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
 _ERROR_TEXT_LIMIT = 300
 _ERROR_BODY_LIMIT = 16 * 1024
 _ROW_LIST_KEYS = ("data", "items", "results", "rows")
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _BALANCE_RE = re.compile(r"(?:balance|available|remaining|have)\D{0,30}?" + _NUMBER, re.IGNORECASE)
 _REQUIRED_RE = re.compile(r"(?:requir\w*|need\w*|cost\w*)\D{0,30}?" + _NUMBER, re.IGNORECASE)
-
-
-class IncompleteDownloadError(Sora2DownloadError):
-    """The body ended before ``Content-Length`` bytes: the download can resume where it stopped."""
-
-
-# --------------------------------------------------------------------------- answers
 
 
 def to_float(value: Any) -> float | None:
@@ -178,114 +173,92 @@ def history_record(row: dict[str, Any]) -> HistoryRecord:
     )
 
 
-# --------------------------------------------------------------------------- streaming
+def credits(body: Any) -> dict[str, float]:
+    """``{"credits": float, "free_credits": float}`` from the credits answer."""
+    body = body if isinstance(body, dict) else {}
+    free = body.get("free-credits", body.get("free_credits"))
+    return {"credits": to_float(body.get("credits")) or 0.0, "free_credits": to_float(free) or 0.0}
 
 
-def content_range(response: requests.Response) -> tuple[int | None, int | None]:
-    """Start offset and total size of a 206 answer's ``Content-Range: bytes START-END/TOTAL``."""
-    match = re.match(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range", ""))
-    if not match:
-        return None, None
-    total = match.group(2)
-    return int(match.group(1)), int(total) if total.isdigit() else None
+def submitted_job(body: dict[str, Any], request_id: str, job_url: str) -> SubmittedJob:
+    """The v2 submit answer; ``job_url`` is the job's address when the answer names none."""
+    return SubmittedJob(
+        request_id=request_id,
+        status=str(body.get("status") or "QUEUED"),
+        status_url=body.get("status_url") or f"{job_url}/status",
+        response_url=body.get("response_url") or job_url,
+    )
 
 
-class VideoSink:
-    """Where a video body goes: counts the chunks, checks the MP4 signature, and hands them to a
-    :class:`~sora2_provider.hooks._pipeline.ChunkPipeline` that hashes them and writes them in threads of its own.
+def job_status(body: dict[str, Any], request_id: str) -> JobStatus:
+    metrics = body.get("metrics")
+    return JobStatus(
+        request_id=str(body.get("request_id") or request_id),
+        status=str(body.get("status") or "UNKNOWN").upper(),
+        error=body.get("error") or None,
+        metrics=metrics if isinstance(metrics, dict) else {},
+    )
 
-    Use it as a context manager around the transfer (leaving the block waits for the last write and raises a
-    write error). It survives several HTTP answers for one file (a resumed download) and holds a few chunks at most.
-    """
 
-    def __init__(self, fh: IO[bytes], what: str) -> None:
-        self.fh = fh
-        self.what = what
-        self.written = 0
-        self.expected: int | None = None
-        self.content_type: str | None = None
-        self.validator: str | None = None
-        self._pipeline = ChunkPipeline(fh.write)
-        self._head = b""
+def result_status(body: dict[str, Any]) -> str:
+    """The status of a v2 result: COMPLETED when it holds an output URL and names no status."""
+    return str(body.get("status") or ("COMPLETED" if output_url(body) else "UNKNOWN")).upper()
 
-    def __enter__(self) -> VideoSink:
-        self._pipeline.__enter__()
-        return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self._pipeline.__exit__(*exc_info)
+def job_result(body: dict[str, Any], request_id: str) -> JobResult:
+    """A v2 result that did not fail; ``output_url`` only once COMPLETED."""
+    status = result_status(body)
+    metrics = body.get("metrics")
+    metrics = metrics if isinstance(metrics, dict) else {}
+    return JobResult(
+        request_id=str(body.get("request_id") or request_id),
+        status=status,
+        output_url=output_url(body) if status == "COMPLETED" else None,
+        cost=to_float(metrics.get("cost")),
+        remaining_credits=to_float(metrics.get("remaining_credits")),
+        generation_seconds=to_float(metrics.get("inference_time")),
+        metrics=metrics,
+    )
 
-    def start(self, response: requests.Response) -> None:
-        """Take size, type and validator (ETag / Last-Modified) from the first answer."""
-        length = response.headers.get("Content-Length")
-        self.expected = int(length) if length and length.isdigit() else None
-        if response.status_code == 206:
-            self.expected = content_range(response)[1]
-        self.content_type = response.headers.get("Content-Type")
-        self.validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
 
-    def resume_from(self, response: requests.Response) -> Iterable[bytes]:
-        """The chunks of a resumed answer that follow what was written already.
+def history_params(model: str | None, since: datetime | None, status: str | None, per_page: int) -> dict[str, Any]:
+    """Query parameters of a history search, newest first, from ``since``'s day to today (UTC)."""
+    params: dict[str, Any] = {"per_page": per_page, "sort_by": "model_created", "sort_order": "desc"}
+    params["model_name"] = model
+    params["status"] = status.upper() if status else None
+    if since is not None:
+        params["from_date"] = since.astimezone(timezone.utc).date().isoformat()
+        params["to_date"] = datetime.now(timezone.utc).date().isoformat()
+    return params
 
-        A 206 must start where the file stopped. A 200 means the server ignored ``Range``: its first
-        ``written`` bytes are read again and dropped, after checking they hash the same as what was written.
-        """
-        chunks = response.iter_content(CHUNK_SIZE)
-        if response.status_code == 206:
-            start, total = content_range(response)
-            if start != self.written:
-                raise Sora2DownloadError(f"{self.what}: asked for bytes from {self.written}, got a range from {start}")
-            self.expected = total if total is not None else self.expected
-            return chunks
-        return self._skip_written(chunks)
 
-    def _skip_written(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        remaining, check, written_digest = self.written, hashlib.sha256(), self._pipeline.sha256().digest()
-        for chunk in chunks:
-            if remaining:
-                part = chunk[:remaining]
-                check.update(part)
-                remaining -= len(part)
-                chunk = chunk[len(part) :]
-                if not remaining and check.digest() != written_digest:
-                    raise Sora2DownloadError(f"{self.what}: the file changed on the server during the download")
-            if chunk:
-                yield chunk
+def matching_records(
+    rows: list[dict[str, Any]], since: datetime | None, model: str | None, status: str | None
+) -> tuple[list[HistoryRecord], bool]:
+    """The records of one history page that match ``model`` and ``status``, and whether the page went past
+    ``since`` (rows come newest first, so later pages hold only older rows)."""
+    found: list[HistoryRecord] = []
+    for record in map(history_record, rows):
+        created = parse_timestamp(record.created_at)
+        if since and created and created < since:
+            return found, True
+        if (not model or record.model in (None, model)) and (not status or record.status == status.upper()):
+            found.append(record)
+    return found, False
 
-    def pump(self, chunks: Iterable[bytes]) -> None:
-        """Write every chunk; a dropped connection or timeout becomes :class:`IncompleteDownloadError`."""
-        try:
-            for chunk in chunks:
-                self.write(chunk)
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
-            raise IncompleteDownloadError(
-                f"{self.what}: the connection broke after {self.written} of {self.expected or '?'} bytes ({err})"
-            ) from err
 
-    def write(self, chunk: bytes) -> None:
-        if len(self._head) < 8:
-            self._head += chunk[: 8 - len(self._head)]
-            if len(self._head) == 8:
-                self._check_signature()
-        self._pipeline.put(chunk)
-        self.written += len(chunk)
+def image_data_url(data: bytes, name: str) -> str:
+    """The ``data:`` URL of an image, as the upload call takes it."""
+    return f"data:{image_mime(data, name)};base64,{base64.b64encode(data).decode('ascii')}"
 
-    def _check_signature(self) -> None:
-        if self._head[4:8] != MP4_SIGNATURE:
-            raise Sora2DownloadError(
-                f"{self.what}: the body is not an MP4 video (first bytes {self._head!r}, "
-                f"Content-Type {self.content_type!r})"
-            )
 
-    def finish(self) -> DownloadResult:
-        """Wait for the pipeline, check the length and the signature, and describe what was written."""
-        self._pipeline.drain()
-        if self.expected is not None and self.written < self.expected:
-            raise IncompleteDownloadError(f"{self.what}: got {self.written} of {self.expected} bytes")
-        if self.expected is not None and self.written > self.expected:
-            raise Sora2DownloadError(f"{self.what}: got {self.written} bytes, more than the {self.expected} announced")
-        if len(self._head) < 8:
-            self._check_signature()
-        return DownloadResult(
-            bytes=self.written, sha256=self._pipeline.sha256().hexdigest(), content_type=self.content_type
-        )
+def image_mime(data: bytes, name: str) -> str:
+    for signature, mime in IMAGE_SIGNATURES:
+        if data.startswith(signature):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    guessed = mimetypes.guess_type(name)[0]
+    if guessed and guessed.startswith("image/"):
+        return guessed
+    raise ValueError(f"source: {name} is not a PNG, JPEG, WEBP or GIF image")

@@ -1,0 +1,1 @@
+"""Developer scripts: `make demo`, `make airflow`, `make test-matrix` and what they share (``processes``)."""
