@@ -12,11 +12,15 @@ from airflow.models.dag import DagModel
 from airflow.models.dagrun import DagRun
 from airflow.models.renderedtifields import RenderedTaskInstanceFields as RTIF
 from airflow.models.taskinstance import TaskInstance as TI
-from airflow.models.xcom import XComModel
 from sqlalchemy import and_, func, or_, select
 
 from sora2_provider.state import JOB_RECORD_KEY
 from sora2_provider.xcom import ERROR_XCOM_KEY as ERROR_KEY
+
+try:
+    from airflow.models.xcom import XComModel
+except ImportError:  # Airflow 2, whose XCom table is ``XCom``: no plugin serves there, the module still imports
+    from airflow.models.xcom import XCom as XComModel  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
