@@ -1,15 +1,18 @@
 """Operator extra links (the stored video's console page, Segmind's output URL) and the Airflow UI address of a
 generation task's Video tab.
+
+Airflow 3 calls ``get_link`` on the worker when the task ends and stores the answer in XCom; Airflow 2 calls it in
+the webserver on the deserialized operator, so there a link reads the dict the task returned (its XCom).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit
 
 from airflow.providers.common.compat.sdk import BaseHook, BaseOperatorLink, conf
 
-from sora2_provider.compat import LINKS_STORED_BY_WORKER, returned_xcom
+from sora2_provider.compat import LINKS_STORED_BY_WORKER, PLUGIN_APPS, PLUGIN_VIEWS, returned_xcom
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import BaseOperator, TaskInstanceKey
@@ -107,13 +110,27 @@ def video_tab_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1, b
 
     ``base_url`` defaults to ``[api] base_url``; when neither is set, the address starts at ``/`` and opens from
     the Airflow UI itself (a link in a review request does). A mapped task instance adds ``/mapped/<index>``.
+    Airflow 3.0 has no plugin views (:data:`~sora2_provider.compat.PLUGIN_VIEWS`): there the address is the page the
+    tab would show, the plugin's ``/sora2/video``; Airflow 2 has no plugin: the task instance in its grid view.
     """
     if base_url is None:
         base_url = conf.get("api", "base_url", fallback="") or ""
+    base_url = base_url.rstrip("/")
+    if not PLUGIN_VIEWS:
+        return _without_plugin_views(base_url, dag_id, run_id, task_id, map_index)
     path = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
     if map_index >= 0:
         path += f"/mapped/{map_index}"
-    return f"{base_url.rstrip('/')}{path}/plugin/{VIDEO_TAB_ROUTE}"
+    return f"{base_url}{path}/plugin/{VIDEO_TAB_ROUTE}"
+
+
+def _without_plugin_views(base_url: str, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """The plugin's video page (Airflow 3.0), or the task instance in the grid view (Airflow 2: no plugin)."""
+    if PLUGIN_APPS:
+        query = urlencode({"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index})
+        return f"{base_url}/sora2/video?{query}"
+    grid = {"dag_run_id": run_id, "task_id": task_id} | ({"map_index": map_index} if map_index >= 0 else {})
+    return f"{base_url}/dags/{quote(dag_id, safe='')}/grid?{urlencode(grid)}"
 
 
 class Sora2VideoLink(BaseOperatorLink):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from sora2_provider.compat import PLUGIN_APPS, PLUGIN_VIEWS
 from sora2_provider.links import browser_url
+
+#: The Video tab is an external view of the plugin (Airflow 3.1+); 3.0 and 2.11 get other addresses (tested below).
+needs_plugin_views = pytest.mark.skipif(not PLUGIN_VIEWS, reason="no plugin views (the Video tab) before Airflow 3.1")
 
 
 @pytest.mark.parametrize(
@@ -86,14 +90,36 @@ RUN_ID = "manual__2025-06-01T00:00:00+00:00"
     ],
     ids=["base_url", "path_prefix_and_mapped", "no_base_url"],
 )
+@needs_plugin_views
 def test_video_tab_url(base_url, map_index, url):
     from sora2_provider.links import video_tab_url
 
     assert video_tab_url("daily", RUN_ID, "generate_video", map_index, base_url=base_url) == url
 
 
+@needs_plugin_views
 def test_video_tab_url_takes_the_api_base_url(monkeypatch):
     from sora2_provider.links import video_tab_url
 
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://127.0.0.1:28080/")
     assert video_tab_url("d", "r", "t") == "http://127.0.0.1:28080/dags/d/runs/r/tasks/t/plugin/sora2-video"
+
+
+@pytest.mark.skipif(PLUGIN_VIEWS or not PLUGIN_APPS, reason="Airflow 3.0 only: plugin apps without plugin views")
+def test_without_the_video_tab_the_address_is_the_plugins_video_page():
+    from sora2_provider.links import video_tab_url
+
+    assert video_tab_url("daily", RUN_ID, "generate_video", 3, base_url="https://example.com/airflow/") == (
+        "https://example.com/airflow/sora2/video?dag_id=daily&run_id=manual__2025-06-01T00%3A00%3A00%2B00%3A00"
+        "&task_id=generate_video&map_index=3"
+    )
+
+
+@pytest.mark.skipif(PLUGIN_APPS, reason="Airflow 2 only: no plugin at all")
+def test_without_the_plugin_the_address_is_the_task_in_the_grid_view():
+    from sora2_provider.links import video_tab_url
+
+    assert video_tab_url("daily", RUN_ID, "generate_video", base_url="http://127.0.0.1:8080") == (
+        "http://127.0.0.1:8080/dags/daily/grid?dag_run_id=manual__2025-06-01T00%3A00%3A00%2B00%3A00"
+        "&task_id=generate_video"
+    )
