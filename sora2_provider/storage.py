@@ -167,7 +167,8 @@ def copy_atomically(
 def missing_bucket(path: ObjectStoragePath) -> str | None:
     """The bucket (container) of an object-store ``path`` when it does not exist, else None. Checked before anything
     is paid: a write would fail only after the job (and s3fs's ``mkdir`` would create the bucket)."""
-    bucket = getattr(path, "bucket", "")
+    # universal-pathlib 0.2 (Airflow 2.11 to 3.1) keeps the connection id in ``bucket``: "aws_default@media".
+    bucket = getattr(path, "bucket", "").rpartition("@")[2]
     if not bucket or isinstance(path.fs, LocalFileSystem) or path.fs.exists(bucket):
         return None
     return bucket
