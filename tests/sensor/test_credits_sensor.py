@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -51,6 +52,35 @@ def sensor_dag(dag_id: str, *sensors: str) -> str:
         f'with DAG(dag_id="{dag_id}", schedule=None, start_date=datetime(2025, 1, 1), catchup=False):\n'
         f"{body}\n"
     )
+
+
+def reschedule_dates_parsed() -> bool:
+    """Whether Airflow's task SDK client parses a reschedule's start date. Airflow 3.0.6's leaves the string (its
+    ``model_construct``), which its in-process ``dag.test()`` hands to the sensor as is: a reschedule-mode sensor
+    then fails there on ``utcnow() - '<date>'``. (Under a scheduler the message is parsed on its way to the task.)"""
+    try:
+        from airflow.sdk.api.client import Client  # lazy: version probe (Airflow 3's task SDK)
+    except ImportError:  # Airflow 2: the sensor reads its reschedules from the DB
+        return True
+    import httpx  # lazy: only with Airflow 3's task SDK
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json="2025-01-01T00:00:00Z"))
+    client = Client(base_url="http://probe.invalid", token="", transport=transport)
+    return not isinstance(client.task_instances.get_reschedule_start_date(uuid.uuid4()).start_date, str)
+
+
+#: The three waiting modes; ``reschedule`` by ``dag.test()`` only where Airflow passes it a date (above).
+MODES = [
+    "poke",
+    pytest.param(
+        "reschedule",
+        marks=pytest.mark.skipif(
+            not reschedule_dates_parsed(),
+            reason="this Airflow's dag.test() hands a reschedule-mode sensor its first start date as a string",
+        ),
+    ),
+    "deferrable",
+]
 
 
 def mode_kwargs(mode: str) -> str:
@@ -184,7 +214,7 @@ def test_enough_credits_succeeds_on_first_poke_with_xcom(sora2_conn, dag_runner,
 # -- acceptance 2: waiting, then a top-up ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+@pytest.mark.parametrize("mode", MODES)
 def test_waits_until_the_balance_is_topped_up(mode, sora2_conn, dag_runner, console, caplog):
     key = TEST_API_KEY
     sora2_conn.set_balance(key, 10.0, free_credits=0.0)
@@ -255,7 +285,7 @@ def test_bad_key_missing_record_and_bad_template_fail_at_once(sora2_conn, dag_ru
     assert "min_credits: '-5' is not a number of credits >= 0" in output
 
 
-@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+@pytest.mark.parametrize("mode", MODES)
 def test_timeout_skips_with_soft_fail_and_fails_without(mode, sora2_conn, dag_runner):
     sora2_conn.set_balance(TEST_API_KEY, 1.0)
     common = f"min_credits=50, poke_interval=0.1, timeout=0.5, retries=2, {mode_kwargs(mode)}"
