@@ -79,7 +79,7 @@ def run_generate(
     **kwargs: Any,
 ):
     when = kwargs.pop("logical_date", None)
-    test_kwargs = ({"logical_date": when, "run_after": when} if AIRFLOW_3 else {"execution_date": when}) if when else {}
+    test_kwargs = dated(when) if when else {}
     source = DAG_SOURCE.format(
         dag_id=dag_id, operator=operator, retries=retries, kwargs=kwargs, preamble=preamble, poll_interval=poll_interval
     )
@@ -109,6 +109,18 @@ def file_output(tmp_path):
 
 #: Airflow 3 runs a DAG at a ``logical_date`` (and ``run_after``), Airflow 2 at an ``execution_date``.
 AIRFLOW_3 = find_spec("airflow.sdk") is not None
+
+
+def fab_user_table_on_airflow_2() -> None:
+    """Airflow 2's ``dag.test()`` deletes the earlier run of a logical date, whose note references FAB's user
+    table: its model must be loaded."""
+    if not AIRFLOW_3:
+        import airflow.providers.fab.auth_manager.models  # noqa: F401  # lazy: version probe
+
+
+def dated(when: datetime.datetime) -> dict[str, datetime.datetime]:
+    """``dag.test()``'s arguments for a run of ``when``: Airflow 2 names it ``execution_date``."""
+    return {"logical_date": when, "run_after": when} if AIRFLOW_3 else {"execution_date": when}
 #: Airflow 3.3+ keeps the job records in its task state store; older lines beside the output (the fallback).
 HAS_TASK_STATE_STORE = tuple(int(part) for part in __import__("airflow").__version__.split(".")[:2]) >= (3, 3)
 
@@ -365,8 +377,7 @@ def test_changed_prompt_on_a_rerun_of_the_same_logical_date_submits_a_new_job(
 ):
     """``state_path`` records outlive the dag run; ``dag.test()`` deletes and recreates the run of a logical
     date, which also deletes its task-state rows, so this clear-and-rerun needs the object layout."""
-    if not AIRFLOW_3:  # Airflow 2's dag.test() deletes the earlier run, whose note references FAB's user table
-        import airflow.providers.fab.auth_manager.models  # noqa: F401  # lazy: version probe
+    fab_user_table_on_airflow_2()
     when = datetime.datetime(2025, 3, 1, tzinfo=datetime.timezone.utc)
     state_path = file_output.rsplit("/", 2)[0] + "/records/"
     first = run_generate(
@@ -431,12 +442,13 @@ def test_a_rerun_reuses_only_the_verified_video_of_the_same_inputs(sora2_conn, d
 
     ``dag.test()`` deletes and recreates the run of a logical date (and its task-state rows): the note that carries
     the XCom across runs needs the object layout (``state_path``) here; the e2e suite clears a real run instead."""
+    fab_user_table_on_airflow_2()
     when = datetime.datetime(2025, 4, 1, tzinfo=datetime.timezone.utc)
     folder = tmp_path / "videos"
     source = RERUN_DAG.format(
         dag_id="gen_rerun", tasks=RERUN_TASKS, folder=f"file://{folder}", state_path=f"file://{tmp_path}/records/"
     )
-    first = dag_runner.run("gen_rerun", source, logical_date=when, run_after=when)
+    first = dag_runner.run("gen_rerun", source, **dated(when))
     assert first.state == "success"
     before = {task_id: xcom_value(first, task_id) for task_id in RERUN_TASKS}
     tampered = (folder / "tampered.mp4").read_bytes()  # same size, still an MP4, one byte changed
@@ -445,7 +457,7 @@ def test_a_rerun_reuses_only_the_verified_video_of_the_same_inputs(sora2_conn, d
     console.read()
 
     conf = {"prompt": {"new_prompt": "a sailboat at night"}}
-    second = dag_runner.run("gen_rerun", source, logical_date=when, run_after=when, run_conf=conf)
+    second = dag_runner.run("gen_rerun", source, **dated(when), run_conf=conf)
 
     assert second.run_id == first.run_id and second.state == "success"
     after = {task_id: xcom_value(second, task_id) for task_id in RERUN_TASKS}

@@ -9,6 +9,7 @@ connection extra ``max_outage``.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -55,8 +56,10 @@ def logged(caplog, console) -> str:
 
 
 def once(text: str, phrase: str) -> bool:
-    """Logged once (a line may reach both caplog and the console), not once per read."""
-    return 1 <= text.count(phrase) <= 2
+    """Logged once (a line may reach both caplog and the console), not once per read. Airflow 2's console handler
+    may hold a stream an earlier test's capture closed: the reports of the records it could not write are dropped."""
+    written = re.sub(r"--- Logging error ---\n.*?\nArguments: [^\n]*\n", "", text, flags=re.S)
+    return 1 <= written.count(phrase) <= 2
 
 
 def error_line(run) -> str:
