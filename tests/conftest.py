@@ -29,7 +29,7 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT"] = "180"
 os.environ.setdefault("SORA2_EMULATOR_CACHE", str(Path.home() / ".cache" / "sora2-emulator"))
 
-from tests.support import TEST_API_KEY, TEST_BALANCE, connection_json, dag_bag  # noqa: E402
+from tests.support import MASK_REGISTRATION, TEST_API_KEY, TEST_BALANCE, connection_json, dag_bag  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -68,12 +68,6 @@ class Console:
 @pytest.fixture
 def console(capfd: pytest.CaptureFixture[str]) -> Console:
     return Console(capfd)
-
-
-#: Airflow 3.0's ``dag.test()`` traces at debug level each message its task sends the in-process supervisor, the one
-#: registering the key as a secret included, and masks only after sending it (3.1+ masks first; a real worker's
-#: socket comms trace nothing). That one message of Airflow's own is the only exception to the guard below.
-MASK_REGISTRATION = f"MaskSecret(value='{TEST_API_KEY}'"
 
 
 @pytest.fixture(autouse=True)
