@@ -10,7 +10,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -139,7 +139,8 @@ class Transport:
     session: requests.Session
     budget: CallBudget
     conn_id: str
-    secret: str | None
+    # Never in its repr: Airflow 3.0 prints a failed task's traceback with the locals of each frame, unmasked.
+    secret: str | None = field(repr=False)
     timeouts: tuple[float, float]
     max_retries: int
     max_wait: float
