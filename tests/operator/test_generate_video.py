@@ -692,7 +692,13 @@ def test_asset_outlet_event_carries_the_video_metadata(sora2_conn, dag_runner, f
     source = source.replace('task_id="generate",', 'task_id="generate", outlets=[Asset("sora2_test_videos")],')
     bag = dag_bag(dag_runner.write("gen_asset", source))
     if hasattr(bag, "sync_to_db"):  # 2.x and 3.0: dag.test() records events only of assets the DB knows
-        bag.sync_to_db(*(("dags-folder", None) if AIRFLOW_3 else ()))  # 3.0 names the DAG bundle
+        if AIRFLOW_3:  # 3.0: into the DAG bundle, which must be in the DB first
+            from airflow.dag_processing.bundles.manager import DagBundlesManager  # lazy: version probe (3.0)
+
+            DagBundlesManager().sync_bundles_to_db()
+            bag.sync_to_db("dags-folder", None)
+        else:
+            bag.sync_to_db()
     run = dag_runner.run("gen_asset", source)
     result = xcom_value(run, "generate")
 
