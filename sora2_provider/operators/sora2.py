@@ -168,14 +168,12 @@ class Sora2GenerateVideoOperator(BaseOperator):
         with failure_noted(context):
             return self._generate(context)
 
-    def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, deferred_in_try: int | None = None
-    ) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume on the worker after the trigger fired: download and store the finished video.
 
         Airflow 3.0 resumes the retry of a try that failed here into the same event (it keeps the deferral's
         ``next_method``: apache/airflow#56704); a try that did not defer starts over instead."""
-        try_number = context["ti"].try_number
+        try_number, deferred_in_try = context["ti"].try_number, (event or {}).get("deferred_in_try")
         if deferred_in_try is not None and deferred_in_try != try_number:
             self.log.info("Try %s did not defer (try %s did): starting over.", try_number, deferred_in_try)
             return self.execute(context)
@@ -298,9 +296,9 @@ class Sora2GenerateVideoOperator(BaseOperator):
                     model=job.request.model,
                     duration=job.request.duration,
                     size=job.request.size,
+                    try_number=context["ti"].try_number,
                 ),
                 method_name="execute_complete",
-                kwargs={"deferred_in_try": context["ti"].try_number},
                 timeout=remaining,
             )
         event = self._poll(hook, record.request_id, remaining, fresh=record.decision == "new_submit")

@@ -37,6 +37,8 @@ class Sora2JobTrigger(BaseTrigger):
     :param model: the job's model, with ``duration`` and ``size``: the kind of job, whose render time (learned in
         this triggerer, else Segmind's typical one) says when the job can be done and is first looked for. Without
         them the history is read every interval.
+    :param try_number: the deferring try, echoed in the event as ``deferred_in_try`` (the operator tells a retry
+        Airflow 3.0 resumed into this deferral by it).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Sora2JobTrigger(BaseTrigger):
         model: str | None = None,
         duration: int | None = None,
         size: str | None = None,
+        try_number: int | None = None,
     ) -> None:
         super().__init__()
         self.request_id = request_id
@@ -58,6 +61,7 @@ class Sora2JobTrigger(BaseTrigger):
         self.model = model
         self.duration = duration
         self.size = size
+        self.try_number = try_number
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -70,6 +74,7 @@ class Sora2JobTrigger(BaseTrigger):
                 "model": self.model,
                 "duration": self.duration,
                 "size": self.size,
+                "try_number": self.try_number,
             },
         )
 
@@ -85,4 +90,4 @@ class Sora2JobTrigger(BaseTrigger):
         ) as ended:
             event = await ended
         self.log.info("Job %s ended: %s", self.request_id, event["status"])
-        yield TriggerEvent(event)
+        yield TriggerEvent(event if self.try_number is None else {**event, "deferred_in_try": self.try_number})
