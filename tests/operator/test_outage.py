@@ -55,11 +55,11 @@ def logged(caplog, console) -> str:
     return caplog.text + console.read()
 
 
-def once(text: str, phrase: str) -> bool:
-    """Logged once (a line may reach both caplog and the console), not once per read. Airflow 2's console handler
+def once(text: str, phrase: str, times: int = 1) -> bool:
+    """Logged once (by each of ``times`` waiters; a line may reach both caplog and the console), not once per read. Airflow 2's console handler
     may hold a stream an earlier test's capture closed: the reports of the records it could not write are dropped."""
     written = re.sub(r"--- Logging error ---\n.*?\nArguments: [^\n]*\n", "", text, flags=re.S)
-    return 1 <= written.count(phrase) <= 2
+    return 1 <= written.count(phrase) <= 2 * times
 
 
 def error_line(run) -> str:
@@ -191,7 +191,10 @@ def test_the_credits_sensor_keeps_waiting_through_an_outage(quick_outages, dag_r
     assert task_instances(run)["credits"].state == "success"
     assert refused(down.calls, "credits") >= LONGER_THAN_TEN_ERRORS
     text = logged(caplog, console)
-    assert once(text, UNREACHABLE) and once(text, BACK)
+    # Deferrable: the worker's first poke meets the outage too, then the trigger waits it out: two waiters, each
+    # announcing it once; only the trigger sees it end.
+    waiters = 2 if mode == "deferrable" else 1
+    assert once(text, BACK) and once(text, UNREACHABLE, times=waiters)
 
 
 def test_the_credits_sensor_gives_up_after_max_outage(give_up_after_one_second, dag_runner, caplog, console):
