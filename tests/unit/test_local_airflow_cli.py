@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from scripts import local_airflow
+from sora2_provider.compat import PLUGIN_VIEWS
 from sora2_provider.links import video_tab_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +32,7 @@ def test_a_port_in_use_gets_one_line_naming_it_and_nothing_starts(tmp_path: Path
     assert not (tmp_path / "home").exists()
 
 
+@pytest.mark.skipif(not PLUGIN_VIEWS, reason="make airflow runs the newest Airflow (.venv), whose plugin has the tab")
 def test_the_printed_video_tab_is_the_plugin_route() -> None:
     run_id = "manual__2026-12-03T13:16:04.882055+00:00"
     printed = local_airflow.LocalAirflow(8080, Path("/tmp/unused"), 0.05).ready_block(run_id, "success")
