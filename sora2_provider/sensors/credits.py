@@ -184,6 +184,15 @@ class CreditsSensor(BaseSensorOperator):
             self.log.exception("Sensor poke failed; deferring anyway (silent_fail)")
             return PokeReturnValue(is_done=False)
 
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Airflow's own resume, plus ``soft_fail`` on a trigger timeout, which Airflow 3.0 leaves a failure."""
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSensorTimeout as err:
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping due to soft_fail: {err}") from err
+            raise
+
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, float]:
         """Resume after :class:`CreditsTrigger`: the XCom dict on success, else fail (or skip with soft_fail)."""
         event = event or {}

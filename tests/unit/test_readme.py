@@ -149,7 +149,7 @@ def test_emulator_example_runs(monkeypatch):
 def test_review_answer_example_matches_airflow_s_hitl_route():
     """The curl line answering a review request: Airflow's PATCH route for HITL details, a valid payload, and an
     option the example DAG's ApprovalOperator offers."""
-    pytest.importorskip("airflow.providers.standard.operators.hitl", reason="no human-in-the-loop tasks before 3.1")
+    pytest.importorskip("airflow.api_fastapi.core_api.datamodels.hitl", reason="no human-in-the-loop tasks before 3.1")
     from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
     from airflow.api_fastapi.core_api.routes.public.hitl import task_instances_hitl_router
     from airflow.providers.standard.operators.hitl import ApprovalOperator
