@@ -195,3 +195,16 @@ def test_readme_api_list_names_what_each_module_exports():
     for module, names in rows:
         assert module in public, f"README lists {module}, which is not a public module"
         assert set(re.findall(r"`(\w+)`", names)) <= set(public[module]), module
+
+
+def test_architecture_page_places_every_module_on_its_tested_layer():
+    from tests.unit.test_architecture import MODULES, layer_of
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    placed = {}
+    for layer, body in re.findall(r"^### Layer (\d):.*?\n(.*?)(?=^##)", text, flags=re.S | re.M):
+        for path in re.findall(r"^\| `([\w/]+\.py)` \|", body, flags=re.M):
+            placed[path.removesuffix(".py").replace("/", ".")] = int(layer)
+    modules = {name for name, path in MODULES.items() if path.name != "__init__.py"}
+    assert set(placed) == modules
+    assert {name: layer_of(name) for name in modules} == placed
