@@ -53,8 +53,9 @@ EXPLANATIONS: dict[str, str] = {
         "operator's `_validate_literals` does)."
     ),
     "P4 import ms added, operators.sora2": (
-        "the operator module itself imports only `airflow.sdk` and `sora2_provider.links`; a miss here comes "
-        "from machine noise (see the samples in results.json) or from a new top-level import: run `python -X "
+        "the operator module imports its own light modules (models, state, storage, spend, metrics, the trigger) "
+        "at the top and only the hook (with `requests`) lazily; a miss here comes from machine noise (see the "
+        "samples in results.json) or from a new top-level import: run `python -X "
         "importtime -c 'import airflow.sdk, sora2_provider.operators.sora2'`."
     ),
     "P5 failed tries": (

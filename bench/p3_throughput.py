@@ -208,8 +208,10 @@ class _Variants:
 
 
 def _time_atomic_stores(seconds: list[float]) -> None:
-    """Wrap ``atomic_writer`` (which the operator imports when it stores) to time each MP4 store, commit included."""
+    """Wrap ``atomic_writer`` where the operator's stores call it (the worker-side download, the sync v1 call) to time
+    each MP4 store, commit included."""
     from sora2_provider import storage
+    from sora2_provider.operators import _waiting, sora2
 
     original = storage.atomic_writer
 
@@ -221,7 +223,8 @@ def _time_atomic_stores(seconds: list[float]) -> None:
         if str(path).endswith(".mp4"):
             seconds.append(time.perf_counter() - started)
 
-    storage.atomic_writer = timed  # type: ignore[assignment]
+    for module in (_waiting, sora2):
+        module.atomic_writer = timed  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The provider's metrics, every name under ``sora2.``, sent through Airflow's ``Stats`` (StatsD, Datadog or
-OpenTelemetry, as configured under ``[metrics]``). A metric never fails a task. The table of names is in the README.
+OpenTelemetry, as configured under ``[metrics]``). A metric never fails a task. The table of names is in
+docs/metrics.md.
 """
 
 from __future__ import annotations

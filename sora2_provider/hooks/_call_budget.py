@@ -1,7 +1,7 @@
 """One call budget per connection and process: keyed calls wait their turn instead of being refused.
 
 The budget learns the account's allowance per window (and the window's length) from Segmind's 429 answers and
-their ``x-rate-limit-reset-at-utc``; the rules are in the README's rate-limit section. Waiting is the caller's:
+their ``x-rate-limit-reset-at-utc``; the rules are in docs/rate-limits.md. Waiting is the caller's:
 :meth:`CallBudget.wait` sleeps (worker side), :meth:`CallBudget.await_turn` awaits (a trigger's coroutine).
 """
 

@@ -2,7 +2,7 @@
 
 The HTTP itself (session, retries, call budget, error mapping) is in ``_transport``; reading answers in
 ``_answers``; streaming a video to its destination in ``_video_stream``. Retries and the connection's
-fields are described in the README.
+fields are described in docs/errors.md and docs/connection.md.
 """
 
 from __future__ import annotations

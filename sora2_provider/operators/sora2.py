@@ -79,7 +79,7 @@ class Sora2GenerateVideoOperator(BaseOperator):
     :param poll_interval: seconds between checks once the job can be done (see the trigger).
     :param max_cost: refuse (before paying) a job whose estimated cost in credits is above this.
     :param max_spend_per_day: lower (never raise) the connection's ``max_spend_per_day``: a new paid submit that
-        would take the account's spend over the last 24 h above it is refused (see the README's spend cap).
+        would take the account's spend over the last 24 h above it is refused (see docs/costs.md).
     :param overwrite: regenerate even when a verified video from the same inputs is already stored.
     :param on_orphaned_intent: when an earlier try recorded its intent to submit but no request id, and
         the request history shows no such job: ``resubmit`` (default) or ``fail``.

@@ -134,7 +134,7 @@ def test_mapped_batch_spreads_over_both_workers_within_the_pool(
 def test_example_s3_dag_on_celery_workers(
     cluster: AirflowCluster, first_runs: dict[str, str], cluster_emulator: Any, s3: Any
 ) -> None:
-    """``sora2_daily_video_s3`` as shipped: its check task reads the video back from S3, on whichever host it runs."""
+    """``sora2_daily_video`` writing to S3: its check task reads the video back, on whichever host it runs."""
     run_id = first_runs[EXAMPLE_S3]
     tis = finished_run(cluster, EXAMPLE_S3, run_id)
     print(f"{EXAMPLE_S3}: hosts {({task: ti['hostname'] for task, ti in tis.items()})}")

@@ -147,7 +147,9 @@ def test_fifty_calls_held_by_the_rate_limit_wait_in_the_loop_without_holding_thr
     assert beat.longest_gap < 1.0, "the loop kept ticking through the 5 s rate-limit wait"
     refused = [e for e in emulator.request_log if e["status"] == 429]
     assert 1 <= len(refused) <= 6, f"only calls already in flight may be refused, not {len(refused)}"
-    assert hook.budget.allowance == 50
+    # Learned from the spent window: 50. When the 50 waiting calls outlast the next 5 s window (a loaded machine), a
+    # call sent as a probe into the window after passes and raises it by one, by design (CallBudget._record_pass).
+    assert 50 <= hook.budget.allowance <= 52
 
 
 def test_calls_queued_for_a_thread_when_a_429_closes_the_budget_are_not_sent(monkeypatch):

@@ -17,7 +17,7 @@ from tests.doc_blocks import ROOT, Block, Command, all_blocks, all_commands
 #: not commands to run).
 NOT_CODE = {
     ("README.md", "====="),
-    ("docs/architecture.md", "layer 5"),
+    ("docs/architecture.md", "layer 4"),
     ("docs/errors.md", "Segmind is unreachable for connection"),
     ("docs/errors.md", "waiting for Sora 2 job"),
 }
