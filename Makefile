@@ -135,7 +135,7 @@ dist: | uv
 # constraints/airflow-X.Y.txt running the unit, hook, sensor and operator suites (three lines at a time), then one
 # line at a time a deferrable generation through a real scheduler and triggerer, then the release check of the
 # wheel from `make dist` in a clean venv of each line.
-# Options: MATRIX_ARGS="3.1" (one line), MATRIX_ARGS="--steps release" ...
+# Options: MATRIX_ARGS="3.1" (one line), MATRIX_ARGS="--phases release" ...
 test-matrix: dist
 	python3 scripts/matrix.py $(MATRIX_ARGS)
 
