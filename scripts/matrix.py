@@ -278,6 +278,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--phases", default="suites,e2e,release", help="comma-separated: suites, e2e, release")
     parser.add_argument("--jobs", type=int, default=3, help="lines whose suites run at the same time (default 3)")
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. '-x'")
+    parser.add_argument(
+        "--skip-suites", default="", help="comma-separated lines whose suites ran elsewhere (.ci/run: 3.3, make test)"
+    )
     args = parser.parse_args(argv)
     phases = args.phases.split(",")
     pytest_args = args.pytest_args.split()
@@ -305,7 +308,10 @@ def main(argv: list[str]) -> int:
 
     if "suites" in phases:
         print(f"\n==== suites of Airflow {', '.join(versions[line] for line in ready)} ({args.jobs} at a time) ====")
-        pending = list(ready)
+        skipped = set(args.skip_suites.split(",")) - {""}
+        pending = [line for line in ready if line not in skipped]
+        for line in sorted(skipped & set(ready)):
+            print(f"Airflow {versions[line]} suites skipped: --skip-suites (they ran in this CI run already)")
         running: dict[str, tuple[subprocess.Popen[bytes], Path, float]] = {}
         while pending or running:
             while pending and len(running) < args.jobs:
