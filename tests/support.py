@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,31 @@ def probe_mp4(data: bytes) -> tuple[int, int, float]:
         assert frames > 0, "the MP4 holds no decodable frame"
         duration = container.duration / 1_000_000 if container.duration else float(stream.duration * stream.time_base)
         return stream.codec_context.width, stream.codec_context.height, duration
+
+
+class VirtualTime:
+    """This process's wall clock, moved only by sleeps: an HTTP call to an in-process emulator takes no time at all,
+    so the rate-limit windows the emulator counts and those the hook expects agree however loaded the machine is.
+    Install it after the emulator has started (its start polls with ``time.sleep``)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def install(cls, monkeypatch: Any) -> VirtualTime:
+        clock = cls()
+        monkeypatch.setattr(time, "time", clock.time)  # the emulator's windows and reset times, the hook's budget
+        monkeypatch.setattr(time, "sleep", clock.sleep)  # the budget's waits and the retry policy's
+        return clock
+
+    def time(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += max(0.0, seconds)
 
 
 def free_port() -> int:

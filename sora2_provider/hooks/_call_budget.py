@@ -37,8 +37,8 @@ class BudgetClosed(Exception):
 class CallBudget:
     """The call budget of one connection in this process (thread-safe; see the module docstring)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or time.time  # the wall clock as it is when the budget is made
         self._lock = threading.Lock()
         self._closed_until = 0.0
         self._refused_until = 0.0  # the part of the closure a 429 asked for

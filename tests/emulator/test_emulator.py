@@ -435,7 +435,8 @@ def test_too_little_balance_answers_406_naming_balance_and_need(api: Any, emu: S
 
 def test_the_rate_limit_answers_429_with_the_reset_time_then_recovers(make_emulator: Any, api_for: Any,
                                                                      wait_for: Any) -> None:
-    emulator = make_emulator(rate_limit_rpm=3, rate_limit_window=1.0, api_keys={"SG_a": 10.0, "SG_b": 10.0})
+    # a minute's window: the four calls fall in one window however slow this machine is
+    emulator = make_emulator(rate_limit_rpm=3, rate_limit_window=60.0, api_keys={"SG_a": 10.0, "SG_b": 10.0})
     api, other = api_for(emulator, "SG_a"), api_for(emulator, "SG_b")
     before = datetime.now(timezone.utc)
     assert api.get("/v1/get-user-credits").status_code == 200  # opens the window
@@ -444,9 +445,10 @@ def test_the_rate_limit_answers_429_with_the_reset_time_then_recovers(make_emula
     limited = api.post("/v2/sora-2", json={"prompt": "x"})
     assert limited.status_code == 429 and error_of(limited) == "Rate limit exceeded"
     reset_at = datetime.fromisoformat(limited.headers["x-rate-limit-reset-at-utc"].replace("Z", "+00:00"))
-    assert before + timedelta(seconds=0.999) <= reset_at <= after_first + timedelta(seconds=1)
+    assert before + timedelta(seconds=59.999) <= reset_at <= after_first + timedelta(seconds=60)
     assert "retry-after" not in limited.headers
     assert other.get("/v1/get-user-credits").status_code == 200  # per key
+    emulator.set_rate_window("SG_a", calls=4, ends_in=0.3)  # the spent window ends in 0.3 s instead of a minute
     wait_for(lambda: api.get("/v1/get-user-credits").status_code == 200, timeout=5, what="window reset")
 
 

@@ -36,9 +36,11 @@ from sora2_provider.exceptions import (
     Sora2ValidationError,
 )
 from sora2_provider.hooks._answers import history_record, history_row, history_rows, parse_timestamp
+from sora2_provider.hooks._call_budget import RESET_MARGIN
 from sora2_provider.hooks.sora2 import Sora2Hook
 from sora2_provider.models import DownloadResult, JobStatus, VideoRequest
 from tests.hook.support import HOOK_KEY, RATE_WINDOW, TIME_SCALE
+from tests.support import VirtualTime
 
 MiB = 1024 * 1024
 REQUEST = VideoRequest.create("a red fox running through snow", duration=4)
@@ -438,15 +440,16 @@ def test_rate_limit_fault_waits_for_the_reset_then_succeeds(hook: Sora2Hook, hoo
     assert [entry["status"] for entry in calls(hook_emulator, "credits")] == [429, 200]
 
 
-def test_rate_limit_window_is_respected(make_hook: Callable[..., Sora2Hook]) -> None:
+def test_rate_limit_window_is_respected(make_hook: Callable[..., Sora2Hook], monkeypatch: Any) -> None:
     from sora2_provider.testing.emulator import Sora2Emulator
 
     with Sora2Emulator(api_keys={HOOK_KEY: 5.0}, rate_limit_rpm=2, rate_limit_window=0.8) as emulator:
+        clock = VirtualTime.install(monkeypatch)  # two calls fit in the window however slow this machine is
         hook = make_hook(host=emulator.url)
-        started = time.monotonic()
+        started = clock.now
         for _ in range(3):
             hook.get_credits()
-        assert time.monotonic() - started >= 0.7
+        assert 0.8 <= clock.now - started <= 0.8 + 2 * RESET_MARGIN
         assert [entry["status"] for entry in emulator.request_log] == [200, 200, 429, 200]
 
 
@@ -645,6 +648,7 @@ _MEMORY_PROBE = """
 import json, resource, sys, threading
 import psutil
 from sora2_provider.hooks._answers import history_record, history_row, history_rows, parse_timestamp
+from sora2_provider.hooks._call_budget import RESET_MARGIN
 from sora2_provider.hooks.sora2 import Sora2Hook
 
 hook = Sora2Hook()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from sora2_provider.hooks._call_budget import GROW_AFTER, MAX_WINDOW, PROBE_WAIT, RESET_MARGIN, CallBudget
-from tests.support import TEST_API_KEY, connection_json
+from sora2_provider.hooks.sora2 import Sora2Hook
+from sora2_provider.testing.emulator import Sora2Emulator
+from tests.support import TEST_API_KEY, VirtualTime, connection_json
 
 
 class Clock:
@@ -183,16 +185,18 @@ def test_refusals_of_one_window_teach_no_window(clock):
 def test_rate_limit_windows_cost_two_refusals_in_all(monkeypatch):
     """Twenty calls through one hook, at three calls a window: the first two windows' refusals teach the allowance
     and the window; the other windows go by without a refusal (before: a refused probe in every window)."""
-    from sora2_provider.hooks.sora2 import Sora2Hook
-    from sora2_provider.testing.emulator import Sora2Emulator
-
-    # a 1 s window: three calls fit in it even on a loaded machine (the allowance is learned from what passed)
     with Sora2Emulator(api_keys={TEST_API_KEY: 100.0}, rate_limit_rpm=3, rate_limit_window=1.0) as emulator:
+        clock = VirtualTime.install(monkeypatch)
         monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(emulator.url))
         hook = Sora2Hook()
+        started = clock.now
         balances = [hook.get_credits() for _ in range(20)]
         answers = [entry["status"] for entry in emulator.request_log if entry["endpoint"] == "credits"]
     assert len(balances) == 20
     assert answers.count(429) == 2, answers
     assert answers.count(200) == 20
-    assert hook.budget.window is not None and hook.budget.allowance == 3
+    assert hook.budget.allowance == 3
+    # the window as seen from here: the second began when the first refusal's wait (reset + margin) was over
+    assert hook.budget.window == pytest.approx(1.0 + RESET_MARGIN, abs=0.01)
+    # 20 calls at 3 a window span 7 windows: six waits for a reset, none longer than a window and two margins
+    assert 6.0 <= clock.now - started <= 6 * (1.0 + 2 * RESET_MARGIN), clock.now - started
