@@ -17,7 +17,7 @@ from sora2_provider.compat import conf
 from sora2_provider.exceptions import Sora2Error
 from sora2_provider.job_events import result_from_event, wait_failed
 from sora2_provider.links import Sora2OutputLink, Sora2VideoLink
-from sora2_provider.models import VideoRequest, get_model, validate_duration, validate_size
+from sora2_provider.models import SyncResult, VideoRequest, get_model, validate_duration, validate_size
 from sora2_provider.operators._failures import fail, failure_noted, reason_of, retryable
 from sora2_provider.operators._job_spec import (
     MODES,
@@ -33,7 +33,7 @@ from sora2_provider.operators._output import (
     state_root,
     warn_if_local_file_on_remote_workers,
 )
-from sora2_provider.operators._pay_once import paid_call, resolve_job
+from sora2_provider.operators._pay_once import Decision, paid_call, resolve_job
 from sora2_provider.operators._waiting import (
     already_ended,
     deadline_after,
@@ -194,21 +194,29 @@ class Sora2GenerateVideoOperator(BaseOperator):
                 "error",
             )
         hook = self._checked_hook()
-        decision = resolve_through_outage(
+        decision, sync_result = resolve_through_outage(
             hook,
-            lambda: resolve_job(
-                job, find_requests=hook.find_requests, upload_image=hook.upload_image, submit=hook.submit
-            ),
+            lambda: self._resolve(hook, job),
             until=time.monotonic() + self.generation_timeout.total_seconds(),
             interval=self.poll_interval,
             stop=self._stop_polling,
             log=self.log,
         )
         metrics.job_decided(decision.record.decision, model=decision.record.model)
-        if decision.record.request_id is None:
-            assert decision.request is not None  # a sync intent: this try sends the request
-            return self._generate_sync(context, hook, job, decision.request)
+        if sync_result is not None:
+            return self._store_sync(context, job, sync_result)
         return self._wait_and_store(context, hook, job, decision.record)
+
+    def _resolve(self, hook: Sora2Hook, job: JobSpec) -> tuple[Decision, SyncResult | None]:
+        """Resume, adopt or submit; a sync intent also makes its one v1 call here, so that a call which meets an
+        outage leaves its intent for the next round to adopt from the request history (or to send again)."""
+        decision = resolve_job(
+            job, find_requests=hook.find_requests, upload_image=hook.upload_image, submit=hook.submit
+        )
+        if decision.record.request_id is not None:
+            return decision, None
+        assert decision.request is not None  # a sync intent: this try sends the request
+        return decision, self._call_sync(hook, job, decision.request)
 
     def _collect(self, context: Context, event: dict[str, Any] | None) -> dict[str, Any]:
         job = self._job(context)
@@ -363,8 +371,8 @@ class Sora2GenerateVideoOperator(BaseOperator):
         )
         return self._finish(context, job, xcom)
 
-    def _generate_sync(self, context: Context, hook: Sora2Hook, job: JobSpec, request: VideoRequest) -> dict[str, Any]:
-        """``mode="sync"``: one v1 call whose MP4 body streams straight into the output."""
+    def _call_sync(self, hook: Sora2Hook, job: JobSpec, request: VideoRequest) -> SyncResult:
+        """``mode="sync"``: one v1 call whose MP4 body streams straight into the output (whole, or not at all)."""
         self.log.info(
             "Calling v1 %s synchronously (estimated cost %.2f credits).", request.model, request.estimated_cost
         )
@@ -373,6 +381,9 @@ class Sora2GenerateVideoOperator(BaseOperator):
         with atomic_writer(job.output) as handle:
             result = paid_call(job.store, hook.generate_sync, request, handle)
         self._log_transfer(result.download.bytes, time.monotonic() - started, job.uri)
+        return result
+
+    def _store_sync(self, context: Context, job: JobSpec, result: SyncResult) -> dict[str, Any]:
         xcom = video_result(
             job.uri,
             job.request,

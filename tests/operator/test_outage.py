@@ -141,10 +141,27 @@ def test_a_submit_that_meets_an_outage_waits_and_submits_once_segmind_answers(qu
     assert once(logged(caplog, console), UNREACHABLE)
 
 
-def test_a_submit_gives_up_after_max_outage_without_paying(give_up_after_one_second, dag_runner, file_output):
+def test_a_sync_call_that_meets_an_outage_is_sent_again_once_segmind_answers(quick_outages, dag_runner,
+                                                                          file_output, caplog, console):
+    with outage(quick_outages) as down:
+        run = run_generate(dag_runner, "outage_sync", output_path=file_output, prompt="a lighthouse", duration=4,
+                           mode="sync")
+
+    assert run.state == "success"
+    assert task_instances(run)["generate"].try_number == 1
+    assert len(quick_outages.ledger) == len(charged(quick_outages)) == 1, "nothing paid twice"
+    assert refused(down.calls, "submit_v1") == 1, "one refused v1 call, then history probes until Segmind is back"
+    assert refused(down.calls, "history") >= LONGER_THAN_TEN_ERRORS - 1
+    result = xcom_value(run, "generate")
+    assert result["decision"] == "new_submit" and result["bytes"] > 0
+    assert once(logged(caplog, console), UNREACHABLE)
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_submit_gives_up_after_max_outage_without_paying(give_up_after_one_second, dag_runner, file_output, mode):
     with outage(give_up_after_one_second, refusals=FOREVER):
-        run = run_generate(dag_runner, "outage_submit_give_up", output_path=file_output, prompt="a lighthouse",
-                           duration=4)
+        run = run_generate(dag_runner, f"outage_submit_give_up_{mode}", output_path=file_output,
+                           prompt="a lighthouse", duration=4, mode=mode)
 
     assert run.state == "failed"
     assert charged(give_up_after_one_second) == []
