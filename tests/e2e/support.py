@@ -17,11 +17,16 @@ whatever it started (executor workers, task supervisors, task processes, the tri
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import requests
 
 from tests import airflow_cluster
 from tests.airflow_cluster import AIRFLOW_DEFER_RACE, COMPONENTS
+from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = REPO / "example_dags"
@@ -44,7 +49,16 @@ def task_policy(task):
 #: once a job can be done, then every interval, so the interval weighs on the calls as it does in production.
 POLL_INTERVAL = 10.0 * TIME_SCALE
 
-__all__ = ["AIRFLOW_DEFER_RACE", "COMPONENTS", "EXAMPLE_DAGS", "S3_BUCKET", "AirflowCluster", "E2ECluster"]
+__all__ = [
+    "AIRFLOW_DEFER_RACE",
+    "COMPONENTS",
+    "EXAMPLE_DAGS",
+    "S3_BUCKET",
+    "AirflowCluster",
+    "E2ECluster",
+    "deploy_dag",
+    "emulator_ledger",
+]
 
 
 @dataclass
@@ -56,3 +70,25 @@ class E2ECluster(airflow_cluster.AirflowCluster):
 
 #: The name the e2e tests use for it.
 AirflowCluster = E2ECluster
+
+
+def emulator_ledger(emulator: Any) -> dict[str, Any]:
+    """The emulator's ledger, read over its control API: ``charges`` (request id -> credits) and more."""
+    response = requests.get(f"{emulator.url}/_emulator/ledger", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def deploy_dag(
+    cluster: E2ECluster, emulator: Any, *, dag_id: str, template: str, values: dict[str, Any], api_key: str,
+    extra: dict[str, Any]
+) -> None:
+    """Write ``template`` as the DAG ``dag_id`` (each name in ``values`` replaced by the value's ``repr``; ``DAG_ID``
+    and ``CONN_ID`` are ``dag_id``), add its own ``sora2`` connection with ``extra`` and wait until it is parsed."""
+    source = template
+    for name, value in {"DAG_ID": dag_id, "CONN_ID": dag_id, **values}.items():
+        source = source.replace(name, repr(value))
+    cluster.write_dag(f"{dag_id}.py", source)
+    connection = {"connection_id": dag_id, "conn_type": "sora2", "host": emulator.url, "password": api_key}
+    cluster.api("POST", "/connections", json={**connection, "extra": json.dumps(extra)})
+    wait_for(f"{dag_id} parsed", lambda: cluster.dags_parsed({dag_id}), timeout=120)

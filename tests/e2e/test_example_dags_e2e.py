@@ -34,7 +34,7 @@ import boto3
 import pytest
 import requests
 
-from tests.e2e.support import EXAMPLE_DAGS, POLL_INTERVAL, S3_BUCKET, AirflowCluster
+from tests.e2e.support import EXAMPLE_DAGS, POLL_INTERVAL, S3_BUCKET, AirflowCluster, emulator_ledger
 from tests.support import TEST_API_KEY, peak_overlap, probe_mp4, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -64,13 +64,6 @@ class Runs:
 def dag_of(key: str) -> str:
     """The DAG id of a run key of ``Runs``."""
     return DAILY if key == DAILY_S3 else key
-
-
-def emulator_ledger(emulator: Any) -> dict[str, Any]:
-    """The emulator's ledger through its HTTP control: ledger, charges, running_jobs_peak."""
-    response = requests.get(f"{emulator.url}/_emulator/ledger", timeout=10)
-    response.raise_for_status()
-    return response.json()
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,13 @@ the cap, then one read per pause), whatever the number of jobs.
 from __future__ import annotations
 
 import datetime
-import json
 from typing import Any
 
 import pytest
-import requests
 
-from tests.e2e.support import AirflowCluster
+from tests.e2e.support import AirflowCluster, deploy_dag, emulator_ledger
 from tests.outage import outage
-from tests.support import TEST_API_KEY, wait_for
+from tests.support import TEST_API_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 JOBS = 6
@@ -47,9 +45,7 @@ with DAG(DAG_ID, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchu
 
 
 def charges(emulator: Any) -> dict[str, float]:
-    response = requests.get(f"{emulator.url}/_emulator/ledger", timeout=10)
-    response.raise_for_status()
-    return response.json()["charges"]
+    return emulator_ledger(emulator)["charges"]
 
 
 def all_submitted(log: list[dict[str, Any]]) -> bool:
@@ -63,14 +59,8 @@ def test_mapped_deferrable_jobs_ride_out_an_outage_with_a_bounded_number_of_call
     before = set(charges(e2e_emulator))
     out = airflow_cluster.home / "outage-videos"
     outputs = [(out / f"clip-{i}.mp4").as_uri() for i in range(JOBS)]
-    source = DAG_FILE
-    for name, value in {"DAG_ID": repr(dag_id), "CONN_ID": repr(dag_id), "OUTPUTS": repr(outputs)}.items():
-        source = source.replace(name, value)
-    airflow_cluster.write_dag(f"{dag_id}.py", source)
-    extra = {"retry_backoff": 0.05, "outage_backoff_max": BACKOFF_MAX}
-    connection = {"connection_id": dag_id, "conn_type": "sora2", "host": e2e_emulator.url, "password": TEST_API_KEY}
-    airflow_cluster.api("POST", "/connections", json={**connection, "extra": json.dumps(extra)})
-    wait_for(f"{dag_id} parsed", lambda: airflow_cluster.dags_parsed({dag_id}), timeout=120)
+    deploy_dag(airflow_cluster, e2e_emulator, dag_id=dag_id, template=DAG_FILE, values={"OUTPUTS": outputs},
+               api_key=TEST_API_KEY, extra={"retry_backoff": 0.05, "outage_backoff_max": BACKOFF_MAX})
 
     started = datetime.datetime.now(datetime.timezone.utc)
     with outage(e2e_emulator, begin_when=all_submitted, min_seconds=OUTAGE_SECONDS, refusals=6 + 11) as down:

@@ -9,14 +9,12 @@ documented bound: the spend exceeds the cap by at most (pool slots - 1) x the la
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
-import requests
 
-from tests.e2e.support import AirflowCluster
-from tests.support import TEST_API_KEY, wait_for
+from tests.e2e.support import AirflowCluster, deploy_dag, emulator_ledger
+from tests.support import TEST_API_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 POOL, SLOTS = "sora2_cap4", 4
@@ -47,28 +45,14 @@ with DAG(DAG_ID, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchu
 """
 
 
-def emulator_ledger(emulator: Any) -> dict[str, Any]:
-    response = requests.get(f"{emulator.url}/_emulator/ledger", timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
 def run_capped(cluster: AirflowCluster, emulator: Any, *, dag_id: str, api_key: str, cap: float, tasks: int) -> dict:
     """Run ``tasks`` mapped sora-2 8 s tasks through the pool against an account capped at ``cap``; check every
     refused task; return what was paid, refused and measured."""
     before = set(emulator_ledger(emulator)["charges"])
     out = cluster.home / "spend-cap-videos" / dag_id
     outputs = [(out / f"clip-{i:02d}.mp4").as_uri() for i in range(tasks)]
-    values = {"DAG_ID": repr(dag_id), "POOL": repr(POOL), "CONN_ID": repr(dag_id), "OUTPUTS": repr(outputs)}
-    source = DAG_FILE
-    for name, value in values.items():
-        source = source.replace(name, value)
-    cluster.write_dag(f"{dag_id}.py", source)
-    extra = {"retry_backoff": 0.05, "max_spend_per_day": cap}
-    connection = {"connection_id": dag_id, "conn_type": "sora2", "host": emulator.url, "password": api_key}
-    cluster.api("POST", "/connections", json={**connection, "extra": json.dumps(extra)})
-
-    wait_for(f"{dag_id} parsed", lambda: cluster.dags_parsed({dag_id}), timeout=120)
+    deploy_dag(cluster, emulator, dag_id=dag_id, template=DAG_FILE, values={"POOL": POOL, "OUTPUTS": outputs},
+               api_key=api_key, extra={"retry_backoff": 0.05, "max_spend_per_day": cap})
     run_id = cluster.trigger(dag_id, None)
     assert cluster.wait_for_runs({dag_id: run_id}, timeout=420)[dag_id] == "failed"  # some tasks were refused
 
