@@ -82,6 +82,15 @@ def no_api_key_leak(caplog: pytest.LogCaptureFixture, console: Console) -> Itera
 
 
 @pytest.fixture(autouse=True)
+def fresh_call_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no call budget learned: budgets are per connection and host, and an emulator may get
+    the port an earlier test's emulator had (whose budget learned that emulator's rate limit, on its clock)."""
+    from sora2_provider.hooks import _call_budget
+
+    monkeypatch.setattr(_call_budget, "_BUDGETS", {})
+
+
+@pytest.fixture(autouse=True)
 def fresh_render_times() -> Iterator[None]:
     """Each test starts with a process that has seen no Sora 2 job complete (the history watcher learns render
     times per process: one test's emulator clock must not set another's schedule)."""

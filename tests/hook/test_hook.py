@@ -446,6 +446,7 @@ def test_rate_limit_window_is_respected(make_hook: Callable[..., Sora2Hook], mon
     with Sora2Emulator(api_keys={HOOK_KEY: 5.0}, rate_limit_rpm=2, rate_limit_window=0.8) as emulator:
         clock = VirtualTime.install(monkeypatch)  # two calls fit in the window however slow this machine is
         hook = make_hook(host=emulator.url)
+        assert hook.budget.now() == clock.now, "a budget made before the clock was installed would spin"
         started = clock.now
         for _ in range(3):
             hook.get_credits()

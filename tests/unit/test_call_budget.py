@@ -189,6 +189,7 @@ def test_rate_limit_windows_cost_two_refusals_in_all(monkeypatch):
         clock = VirtualTime.install(monkeypatch)
         monkeypatch.setenv("AIRFLOW_CONN_SORA2_DEFAULT", connection_json(emulator.url))
         hook = Sora2Hook()
+        assert hook.budget.now() == clock.now, "a budget made before the clock was installed would spin"
         started = clock.now
         balances = [hook.get_credits() for _ in range(20)]
         answers = [entry["status"] for entry in emulator.request_log if entry["endpoint"] == "credits"]
