@@ -1,4 +1,4 @@
-# Two commands matter: `make demo` (the main job, end to end) and `make test` (everything CI checks).
+# Two commands matter: `make demo` (the main job, end to end) and `make test` (what CI checks first, on Airflow 3.3).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
